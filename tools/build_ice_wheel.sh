@@ -31,8 +31,7 @@ src="$work/zeroc-ice-3.6.5"
 sed -i '/#include <eval.h>/d' "$src/src/Slice.cpp"
 sed -i 's/PyThreadState_GET()->frame/PyEval_GetFrame()/' "$src/src/Util.cpp"
 grep -q 'PyEval_GetFrame()' "$src/src/Util.cpp" || { echo "patching Util.cpp failed" >&2; exit 1; }
-(cd "$src" && MAKEFLAGS="-j$(nproc)" "$PY" -m pip wheel --quiet --no-deps --no-build-isolation -w "$work/dist" . >&2) \
-  || (cd "$src" && "$PY" -m pip wheel --quiet --no-deps -w "$work/dist" . >&2)
+(cd "$src" && "$PY" -m pip wheel --quiet --no-deps -w "$work/dist" . >&2)
 whl=$(ls "$work"/dist/zeroc_ice-*.whl | head -n1)
 cp "$whl" "$cache/"
 echo "$cache/$(basename "$whl")"

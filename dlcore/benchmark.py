@@ -1,0 +1,141 @@
+"""``dlcore benchmark``: end-to-end speed, pipeline efficiency and peak memory on synthetic slides.
+
+For each requested size a synthetic slide (:mod:`dlcore.demo`) is generated once and cached; then a
+fresh child process runs the task end to end (read, tissue, infer, stitch, write everything) and
+reports its peak resident memory, and afterwards times the task alone on the same tiles (windows
+read first, only ``predict`` timed).  Figures:
+
+- seconds per gigapixel of tissue (working resolution), end to end and task alone;
+- pipeline efficiency = task-alone time / end-to-end time (1.0 = reading and writing fully hidden);
+- peak RSS of the end-to-end run; a stage breakdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", nargs="+", type=int, default=[16384], help="slide side lengths in pixels (square slides)")
+    p.add_argument("--task", default="nuclei-classical", help="task or model to benchmark")
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dlcore-bench", help="where slides are cached")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="task parameter")
+
+
+def _slide_for(size: int, cache: Path) -> Path:
+    from dlcore.demo import SyntheticSlideSpec, write_synthetic_slide
+    from dlcore.progress import TqdmProgress
+
+    path = cache / f"synthetic-{size}.ome.tif"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        progress = TqdmProgress(prefix=f"{size}px ")
+        tmp = path.with_suffix(".partial.tif")
+        write_synthetic_slide(tmp, SyntheticSlideSpec(width=size, height=size, seed=size), progress=progress)
+        progress.close()
+        tmp.rename(path)
+    return path
+
+
+def measure(slide_path: Path, task_name: str, params: dict) -> dict:
+    """Run the benchmark in this process (call it in a fresh process for a clean peak-RSS figure)."""
+    from dlcore.config import load_config
+    from dlcore.io import open_slide
+    from dlcore.io.local_sink import LocalFolderSink
+    from dlcore.io.slide import plan_resolution
+    from dlcore.tasks import resolve_task
+    from dlcore.tiling.engine import read_window
+    from dlcore.tiling.grid import GridSpec, make_grid
+    from dlcore.tiling.tissue import detect_tissue
+    from dlcore.workflows import RunOptions, analyse_slide
+
+    config = load_config()
+    task = resolve_task(task_name, params, config=config)
+    out = Path(tempfile.mkdtemp(prefix="dlcore-bench-out-"))
+    slide = open_slide(slide_path)
+    start = time.perf_counter()
+    result = analyse_slide(slide, task, LocalFolderSink(out), options=RunOptions(reader_threads=config.reader_threads))
+    e2e = time.perf_counter() - start
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    prepared_params = result.provenance["task"]["parameters"]
+    # task alone on the same tiles, with the same calibration
+    task = resolve_task(task_name, {**params, **{k: v for k, v in prepared_params.items() if k in ("threshold",)}}, config=config)
+    plan = plan_resolution(slide.info, task.mpp)
+    tissue = detect_tissue(slide)
+    width, height = plan.working_size(slide.info)
+    tiles = make_grid(width, height, GridSpec(task.tile_size, task.halo), mask=tissue.mask)
+    task_alone = 0.0
+    for i in range(0, len(tiles), task.batch_size):
+        windows = [read_window(slide, plan, t) for t in tiles[i:i + task.batch_size]]
+        t0 = time.perf_counter()
+        task.predict(windows)
+        task_alone += time.perf_counter() - t0
+    slide.close()
+    summary = result.summary
+    tissue_gpx = summary["tissue_fraction"] * width * height / 1e9
+    size_bytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "slide": slide_path.name, "slide_px": slide.info.width * slide.info.height,
+        "tissue_gigapixels": round(tissue_gpx, 4), "tiles": summary["tiles"], "objects": summary.get("objects"),
+        "end_to_end_s": round(e2e, 2), "task_alone_s": round(task_alone, 2),
+        "s_per_gpx_tissue": round(e2e / tissue_gpx, 1), "task_s_per_gpx_tissue": round(task_alone / tissue_gpx, 1),
+        "pipeline_efficiency": round(task_alone / e2e, 3), "peak_rss_mb": round(peak_rss_mb, 1),
+        "output_mb": round(size_bytes / 1e6, 1), "stages": result.provenance["timings"],
+    }
+
+
+def main(args) -> int:
+    from dlcore.cli import _param_pairs
+
+    params = _param_pairs(args.param)
+    rows = []
+    for size in args.sizes:
+        slide = _slide_for(size, args.cache)
+        print(f"benchmarking {args.task} on {slide.name} ...", flush=True)
+        child = subprocess.run(
+            [sys.executable, "-m", "dlcore.benchmark", str(slide), args.task, json.dumps(params)],
+            capture_output=True, text=True,
+        )
+        if child.returncode != 0:
+            print(child.stderr, file=sys.stderr)
+            return 1
+        row = json.loads(child.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(json.dumps(row, indent=1))
+    machine = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+               "processor": _cpu_name()}
+    print("\n| slide | tissue Gpx | tiles | objects | end-to-end s | s/Gpx tissue | task-alone s/Gpx | efficiency | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['slide']} | {r['tissue_gigapixels']} | {r['tiles']} | {r['objects']} | {r['end_to_end_s']} | "
+              f"{r['s_per_gpx_tissue']} | {r['task_s_per_gpx_tissue']} | {r['pipeline_efficiency']} | {r['peak_rss_mb']} |")
+    print(f"\nmachine: {machine}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "task": args.task, "results": rows}, indent=2))
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))))

@@ -1,0 +1,255 @@
+"""The ``dlcore`` command line: run tasks and models on local slides, inspect slides and models.
+
+Exit codes: 0 success; 1 a run failed (bad input, model error; the message says why and how to fix
+it); 2 wrong usage; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import dlcore
+from dlcore.errors import DlcoreError, ParameterError
+
+log = logging.getLogger("dlcore")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# subcommands other modules add: module -> function(subparsers) registering one or more commands
+PLUGIN_COMMANDS = ("dlcore.doctor", "dlcore.models.cli", "dlcore.train.cli")
+
+
+def _parse_value(text: str):
+    """A --param value: JSON when it parses (numbers, true/false, null, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _param_pairs(pairs: list[str]) -> dict:
+    params = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ParameterError(f"--param {pair!r} must look like name=value (e.g. --param sigma=2.5)")
+        key, value = pair.split("=", 1)
+        params[key.strip().replace("-", "_")] = _parse_value(value)
+    return params
+
+
+def _add_run_parser(sub) -> None:
+    p = sub.add_parser(
+        "run", help="run a task or model on slides",
+        description="Run a task (e.g. nuclei-classical) or an installed model on one or more slides. "
+                    "Results go to OUT/<slide>/<task>/: labels.ome.tif, objects.csv, objects.geojson "
+                    "(QuPath: File > Import objects), overview.png, provenance.json. A re-run replaces them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("task", help="task or model name (see `dlcore models`)")
+    p.add_argument("slides", nargs="+", type=Path, help="slide files (OME-TIFF, SVS, NDPI, MRXS, TIFF, PNG, JPEG)")
+    p.add_argument("-o", "--out", type=Path, default=Path("dlcore-output"), help="output folder")
+    p.add_argument("--mpp", type=float, help="the slides' pixel size in µm, for files that lack one (0.25 = 40x, 0.5 = 20x)")
+    p.add_argument("--no-tissue-detection", action="store_true", help="analyse the whole image, not just detected tissue")
+    p.add_argument("--label-format", choices=("ome-tiff", "ome-zarr"), default="ome-tiff", help="label image format")
+    p.add_argument("--reader-threads", type=int, help="tile prefetch threads (default: from the configuration)")
+    g = p.add_argument_group("task parameters (nuclei-classical; other tasks take --param)")
+    g.add_argument("--channel", help="'hematoxylin', 'eosin', 'dab' (colour deconvolution) or a channel index")
+    g.add_argument("--sigma", type=float, help="Gaussian smoothing in pixels (default 3)")
+    g.add_argument("--threshold-method", choices=("kmeans", "otsu"), help="threshold method (default kmeans)")
+    g.add_argument("--threshold", type=float, help="fixed threshold on the smoothed signal (default: computed per slide)")
+    g.add_argument("--min-size", type=int, help="remove objects under this many pixels (default 60)")
+    g.add_argument("--min-distance", type=int, help="minimum distance between nuclei centres in pixels (default 6)")
+    g.add_argument("--no-split", action="store_true", help="do not split touching nuclei (no watershed)")
+    g.add_argument("--invert", action="store_true", help="objects are dark on a bright background (grey channel)")
+    g.add_argument("--resolution", type=float, dest="work_mpp", help="working resolution in µm/pixel (default: native)")
+    g.add_argument("--tile-size", type=int, help="tile size in working pixels")
+    g.add_argument("--halo", type=int, help="tile halo in working pixels (must exceed the largest object radius)")
+    g.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="any task parameter")
+    p.set_defaults(func=cmd_run)
+
+
+def _task_params(args) -> dict:
+    params = _param_pairs(args.param)
+    named = {
+        "sigma": args.sigma, "threshold_method": args.threshold_method, "threshold": args.threshold,
+        "min_size": args.min_size, "min_distance": args.min_distance, "mpp": args.work_mpp,
+        "tile_size": args.tile_size, "halo": args.halo,
+    }
+    if args.channel is not None:
+        named["channel"] = int(args.channel) if args.channel.isdigit() else args.channel
+    if args.no_split:
+        named["split_touching"] = False
+    if args.invert:
+        named["invert"] = True
+    params.update({k: v for k, v in named.items() if v is not None})
+    return params
+
+
+def cmd_run(args) -> int:
+    from dlcore.config import load_config
+    from dlcore.io import open_slide
+    from dlcore.io.local_sink import LocalFolderSink
+    from dlcore.progress import TqdmProgress
+    from dlcore.tasks import resolve_task
+    from dlcore.workflows import RunOptions, analyse_slide
+
+    config = load_config()
+    task = resolve_task(args.task, _task_params(args), config=config)
+    options = RunOptions(
+        mpp=args.mpp, detect_tissue=not args.no_tissue_detection,
+        reader_threads=args.reader_threads or config.reader_threads, work_dir=config.work_dir,
+    )
+    sink_factory = lambda: LocalFolderSink(args.out, label_format=args.label_format)  # noqa: E731
+    failures = 0
+    for path in args.slides:
+        progress = TqdmProgress(prefix=f"{path.name} ")
+        try:
+            slide = open_slide(path)
+            try:
+                result = analyse_slide(slide, task, sink_factory(), options=options, progress=progress)
+            finally:
+                slide.close()
+                progress.close()
+        except DlcoreError as exc:
+            failures += 1
+            print(f"✗ {path}: {exc}", file=sys.stderr)
+            continue
+        _print_result(path, result)
+    if len(args.slides) > 1:
+        print(f"{len(args.slides) - failures} of {len(args.slides)} slides done, {failures} failed")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _print_result(path: Path, result) -> None:
+    s = result.summary
+    what = f"{s['objects']} objects" if "objects" in s else ", ".join(f"{k}: {v}" for k, v in s.get("class_area_mm2", s.get("class_pixels", {})).items())
+    tissue = f"{s['tissue_area_mm2']} mm² tissue" if s.get("tissue_area_mm2") is not None else f"{s['tissue_fraction']:.0%} tissue"
+    seconds = result.provenance["timings"]["total_s"]
+    print(f"✓ {path.name}: {what}, {tissue}, {s['tiles']} tiles, {seconds:.1f} s")
+    for name, location in result.outputs.items():
+        print(f"    {name:<12} {location}")
+
+
+def cmd_info(args) -> int:
+    from dlcore.io import open_slide
+
+    status = EXIT_OK
+    for path in args.slides:
+        try:
+            slide = open_slide(path)
+        except DlcoreError as exc:
+            print(f"✗ {path}: {exc}", file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        info = slide.info
+        slide.close()
+        if args.json:
+            print(json.dumps(dataclasses.asdict(info), indent=2))
+            continue
+        mpp = f"{info.mpp[0]:.4f} x {info.mpp[1]:.4f} µm" if info.mpp else "unknown (give --mpp when a task needs it)"
+        print(f"{info.name}\n  size       {info.width} x {info.height} px\n  pixel size {mpp}")
+        print(f"  channels   {len(info.channels)} ({', '.join(info.channels)}), {info.dtype}")
+        print(f"  tile size  {info.tile_size[0]} x {info.tile_size[1]}")
+        print("  levels     " + "\n             ".join(
+            f"{i}: {lv.width} x {lv.height} (downsample {lv.downsample:g})" for i, lv in enumerate(info.levels)))
+    return status
+
+
+def cmd_tasks(args) -> int:
+    from dlcore.tasks import builtin_task_names, task_parameters
+
+    for name in builtin_task_names():
+        fields = task_parameters(name)
+        print(f"{name} (built-in)\n  parameters: " + ", ".join(
+            f"{n}={f.default!r}" for n, f in fields.items() if f.default is not dataclasses.MISSING))
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from dlcore.demo import SyntheticSlideSpec, write_synthetic_slide
+    from dlcore.progress import TqdmProgress
+
+    slide = args.out / "demo-slide.ome.tif"
+    if not slide.exists():
+        print(f"building the demo slide {slide} (6144 x 4096 px, real IHC tissue from scikit-image)")
+        progress = TqdmProgress()
+        write_synthetic_slide(slide, SyntheticSlideSpec(), progress=progress)
+        progress.close()
+    run_args = build_parser().parse_args(["run", args.task, str(slide), "-o", str(args.out)])
+    return cmd_run(run_args)
+
+
+def cmd_benchmark(args) -> int:
+    from dlcore.benchmark import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (built-in commands plus those other modules register)."""
+    parser = argparse.ArgumentParser(
+        prog="dlcore",
+        description="Deep learning and classical image analysis for whole-slide histology images. "
+                    "Start with `dlcore demo`, then `dlcore run nuclei-classical SLIDE -o OUT`.",
+    )
+    parser.add_argument("--version", action="version", version=f"dlcore {dlcore.__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run_parser(sub)
+    p = sub.add_parser("info", help="levels, pixel size, tile size and channels of slides")
+    p.add_argument("slides", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("demo", help="build the demo slide and segment its nuclei",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-o", "--out", type=Path, default=Path("demo-output"), help="output folder")
+    p.add_argument("--task", default="nuclei-classical", help="task or model to run")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("benchmark", help="seconds per gigapixel, pipeline efficiency and peak memory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from dlcore.benchmark import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_benchmark)
+    registered_models = False
+    for module_name in PLUGIN_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue
+            raise
+        module.register_cli(sub)
+        registered_models |= module_name == "dlcore.models.cli"
+    if not registered_models:
+        p = sub.add_parser("models", help="list the tasks and models installed")
+        p.set_defaults(func=cmd_tasks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dlcore`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except DlcoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""A slide-sized label image kept on disk while it is written, and its exports.
+
+The tile engine writes labels region by region into a chunked zarr array (compressed, empty chunks
+not stored), so no slide-sized array is ever in memory.  When the run is done the canvas builds a
+pyramid chunk by chunk and exports it as a pyramidal OME-TIFF (QuPath, napari, OMERO and Fiji open it)
+or as an OME-Zarr (NGFF 0.4) image.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+LABEL_DTYPE = np.uint32
+
+
+def _compressor():
+    import numcodecs
+
+    return numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+class LabelCanvas:
+    """A ``height x width`` label image stored as an OME-Zarr-style pyramid in ``path``.
+
+    Level 0 is written with :meth:`merge`; :meth:`build_pyramid` derives the coarser levels by
+    nearest-neighbour subsampling (labels must not be averaged).
+    """
+
+    def __init__(self, path: Path, width: int, height: int, *, chunk: int = 256, dtype=LABEL_DTYPE) -> None:
+        import zarr
+
+        self.path = Path(path)
+        self.width, self.height, self.chunk = width, height, chunk
+        self.dtype = np.dtype(dtype)
+        self._group = zarr.open_group(str(self.path), mode="w", zarr_format=2)
+        self.levels = [self._create_level(0, width, height)]
+
+    def _create_level(self, index: int, width: int, height: int):
+        return self._group.create_array(
+            str(index), shape=(height, width), chunks=(self.chunk, self.chunk), dtype=self.dtype,
+            compressors=[_compressor()], fill_value=0, config={"write_empty_chunks": False},
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+
+    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Level-0 labels of the region, clipped to the canvas (the result may be smaller)."""
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, self.width), min(y + height, self.height)
+        return np.asarray(self.levels[0][y0:y1, x0:x1])
+
+    def merge(self, x: int, y: int, labels: np.ndarray) -> None:
+        """Write the non-zero ``labels`` at ``(x, y)`` where the canvas is still 0.
+
+        The region may reach outside the canvas; the outside part is dropped.  Pixels already
+        labelled (an object a neighbouring tile owns) are kept: the first owner wins.
+        """
+        h, w = labels.shape
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, self.width), min(y + h, self.height)
+        if x1 <= x0 or y1 <= y0:
+            return
+        new = labels[y0 - y:y1 - y, x0 - x:x1 - x]
+        if not new.any():
+            return
+        current = np.asarray(self.levels[0][y0:y1, x0:x1])
+        free = (current == 0) & (new != 0)
+        if current.any():
+            current[free] = new[free]
+        else:
+            current = new.astype(self.dtype, copy=True)
+        self.levels[0][y0:y1, x0:x1] = current
+
+    def build_pyramid(self, *, min_side: int = 256, block: int = 2048) -> None:
+        """Add levels, each half the previous, until the long side is below ``min_side``."""
+        while max(self.levels[-1].shape) > min_side and min(self.levels[-1].shape) > 1:
+            prev = self.levels[-1]
+            h, w = (prev.shape[0] + 1) // 2, (prev.shape[1] + 1) // 2
+            level = self._create_level(len(self.levels), w, h)
+            for by in range(0, h, block):
+                for bx in range(0, w, block):
+                    src = np.asarray(prev[2 * by:2 * (by + block), 2 * bx:2 * (bx + block)])
+                    level[by:by + block, bx:bx + block] = src[::2, ::2]
+            self.levels.append(level)
+
+    def iter_tiles(self, level: int, tile: int) -> Iterator[np.ndarray]:
+        """Tiles of ``level`` in row-major order, each ``tile x tile`` (edges zero-padded)."""
+        array = self.levels[level]
+        h, w = array.shape
+        for ty in range(0, h, tile):
+            for tx in range(0, w, tile):
+                block = np.asarray(array[ty:ty + tile, tx:tx + tile])
+                if block.shape != (tile, tile):
+                    block = np.pad(block, ((0, tile - block.shape[0]), (0, tile - block.shape[1])))
+                yield block
+
+    def lowest_level(self) -> np.ndarray:
+        """The coarsest level as an array (small after :meth:`build_pyramid`)."""
+        return np.asarray(self.levels[-1][:])
+
+    def write_ome_tiff(self, path: Path, *, mpp: float | None, tile: int = 256, name: str = "labels") -> Path:
+        """Export the pyramid as a tiled, zlib-compressed pyramidal OME-TIFF (SubIFDs)."""
+        import tifffile
+
+        if len(self.levels) == 1:
+            self.build_pyramid()
+        metadata: dict = {"axes": "YX", "Name": name}
+        if mpp:
+            metadata.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
+        with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+            for index, array in enumerate(self.levels):
+                options = dict(
+                    shape=array.shape, dtype=self.dtype, tile=(tile, tile), compression="zlib",
+                    compressionargs={"level": 1}, photometric="minisblack",
+                )
+                if index == 0:
+                    tif.write(self.iter_tiles(0, tile), subifds=len(self.levels) - 1, metadata=metadata, **options)
+                else:
+                    tif.write(self.iter_tiles(index, tile), subfiletype=1, metadata=None, **options)
+        return path
+
+    def write_ome_zarr(self, path: Path, *, mpp: float | None, name: str = "labels") -> Path:
+        """Copy the pyramid to ``path`` as an OME-Zarr (NGFF 0.4) image with multiscales metadata."""
+        if len(self.levels) == 1:
+            self.build_pyramid()
+        path = Path(path)
+        if path.exists():
+            shutil.rmtree(path)
+        shutil.copytree(self.path, path)
+        scale0 = mpp or 1.0
+        datasets = [
+            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [scale0 * 2**i, scale0 * 2**i]}]}
+            for i in range(len(self.levels))
+        ]
+        unit = {"unit": "micrometer"} if mpp else {}
+        attrs = {
+            "multiscales": [{
+                "version": "0.4", "name": name,
+                "axes": [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
+                "datasets": datasets,
+            }]
+        }
+        (path / ".zattrs").write_text(json.dumps(attrs, indent=1))
+        return path
+
+    def close(self) -> None:
+        """Delete the scratch store."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def pyramid_levels(width: int, height: int, min_side: int = 256) -> int:
+    """How many levels :meth:`LabelCanvas.build_pyramid` makes for an image of this size."""
+    return 1 + max(0, math.ceil(math.log2(max(width, height) / min_side))) if max(width, height) > min_side else 1

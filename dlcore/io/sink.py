@@ -1,0 +1,85 @@
+"""The result-sink interface: where a run's results go (local folder, OMERO).
+
+The workflow calls a sink in this order: :meth:`ResultSink.begin` once, :meth:`add_objects` with
+batches of objects while tiles stream, then :meth:`finish` with the slide-wide outputs, or
+:meth:`abort` on any failure.  A sink must leave nothing half-written after ``abort``, and
+``finish`` must replace the results of an earlier run with the same ``run_key`` (no duplicates)
+without touching anything else.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from dlcore.io.slide import SlideInfo
+from dlcore.objects import ObjectRecord
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a sink needs to know about a run before results arrive.
+
+    ``run_key`` names the task or model; results of an earlier run with the same key are replaced.
+    ``factor`` converts working-resolution pixels to level-0 pixels.
+    """
+
+    slide: SlideInfo
+    run_key: str
+    task_kind: str
+    working_mpp: float | None
+    factor: float
+    working_size: tuple[int, int]
+    class_names: tuple[str, ...] = ()
+    class_colors: tuple[tuple[int, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """Slide-wide results handed to :meth:`ResultSink.finish`.
+
+    ``labels`` is the :class:`~dlcore.io.labels.LabelCanvas` (pyramid built); ``overview_png`` a
+    picture of the results over a thumbnail; ``provenance`` the JSON-serialisable record of the run;
+    ``summary`` the counts and measurements a person reads first (also inside ``provenance``);
+    ``tags`` names of classification results to tag the image with.
+    """
+
+    labels: object
+    overview_png: Path
+    provenance: dict
+    summary: dict
+    tags: tuple[str, ...] = ()
+    extra_files: dict[str, Path] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ResultSink(Protocol):
+    """Receives a run's results (see the module docstring for the call order and duties)."""
+
+    def begin(self, context: RunContext) -> None: ...
+
+    def add_objects(self, objects: Sequence[ObjectRecord]) -> None: ...
+
+    def finish(self, outputs: RunOutputs) -> dict[str, str]:
+        """Write the slide-wide outputs; return what was written, name -> location."""
+
+    def abort(self) -> None:
+        """Remove everything this run wrote so far."""
+
+
+def object_columns(channels: Sequence[str]) -> list[str]:
+    """Column names of the per-object measurement table."""
+    return [
+        "id", "class", "centroid_x", "centroid_y", "area_px", "area_um2", "perimeter_px",
+        "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1", *[f"mean_{c}" for c in channels],
+    ]
+
+
+def object_row(obj: ObjectRecord) -> list:
+    """One object's values in the order of :func:`object_columns`."""
+    return [
+        obj.id, obj.class_name or "", round(obj.centroid[0], 2), round(obj.centroid[1], 2), obj.area_px,
+        "" if obj.area_um2 is None else round(obj.area_um2, 3), round(obj.perimeter_px, 2),
+        *[round(v, 2) for v in obj.bbox], *[round(v, 3) for v in obj.mean_intensity],
+    ]

@@ -1,0 +1,59 @@
+"""The overview picture of a run: results drawn over a thumbnail of the slide."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+OUTLINE_COLOR = (255, 230, 0)
+TISSUE_COLOR = (0, 160, 255)
+
+
+def _display_rgb(thumb: np.ndarray) -> np.ndarray:
+    """8-bit RGB for display from any thumbnail (grey, multi-channel or 16-bit: contrast-stretched)."""
+    if thumb.shape[2] == 3 and thumb.dtype == np.uint8:
+        return thumb.copy()
+    grey = thumb.astype(np.float32).mean(axis=2)
+    lo, hi = np.percentile(grey, [1, 99.5])
+    grey = np.clip((grey - lo) / max(hi - lo, 1e-6), 0, 1)
+    return np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def render_overview(
+    thumb: np.ndarray,
+    labels: np.ndarray,
+    path: Path,
+    *,
+    tissue: np.ndarray | None = None,
+    semantic_colors: dict[int, tuple[int, int, int]] | None = None,
+    max_side: int = 1600,
+) -> Path:
+    """Draw ``labels`` (any resolution: resized to the thumbnail) over ``thumb`` and save a PNG.
+
+    Instance labels are drawn as outlines; with ``semantic_colors`` each class is a translucent fill.
+    The tissue mask, when given, is outlined in blue.
+    """
+    from PIL import Image
+    from skimage.segmentation import find_boundaries
+    from skimage.transform import resize
+
+    rgb = _display_rgb(thumb)
+    scale = min(1.0, max_side / max(rgb.shape[:2]))
+    if scale < 1.0:
+        size = (max(1, int(rgb.shape[1] * scale)), max(1, int(rgb.shape[0] * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+    h, w = rgb.shape[:2]
+    lab = resize(labels, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+    out = rgb.copy()
+    if semantic_colors:
+        for cls, color in semantic_colors.items():
+            sel = lab == cls
+            out[sel] = (0.55 * out[sel] + 0.45 * np.asarray(color)).astype(np.uint8)
+    else:
+        out[find_boundaries(lab, mode="inner")] = OUTLINE_COLOR
+    if tissue is not None:
+        t = resize(tissue.astype(np.uint8), (h, w), order=0, preserve_range=True, anti_aliasing=False) > 0
+        out[find_boundaries(t, mode="outer")] = TISSUE_COLOR
+    Image.fromarray(out).save(path)
+    return path
+

@@ -1,0 +1,47 @@
+"""What a task is: the unit of analysis the tile engine runs over a slide.
+
+A task turns a batch of ``(Y, X, C)`` tile windows (working resolution, halo included) into a batch
+of ``(Y, X)`` integer maps.  Its ``kind`` says how the engine reads them:
+
+- ``"instances"``: each map holds object ids local to the tile (0 = background); the engine stitches
+  them slide-wide with the ownership rule and measures every object;
+- ``"semantic"``: each map holds class indices (0 = background); the engine crops the halo away and
+  counts per-class areas.
+
+Tasks are frozen dataclasses; :meth:`Task.prepare` returns a copy calibrated on sample windows of
+the slide (e.g. a threshold) so that every tile is processed with the same, slide-wide settings.
+"""
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from dlcore.io.slide import SlideInfo
+
+TaskKind = Literal["instances", "semantic"]
+
+
+@runtime_checkable
+class Task(Protocol):
+    """The interface the tile engine needs from a task (see the module docstring)."""
+
+    name: str
+    kind: TaskKind
+    mpp: float | None  # working resolution in µm/pixel; None = the slide's native pixels
+    tile_size: int
+    halo: int
+    batch_size: int
+    class_names: tuple[str, ...]  # semantic classes (index 1..n) or object classes; may be empty
+
+    def check(self, info: SlideInfo) -> None:
+        """Raise a clear :class:`~dlcore.errors.DlcoreError` when the task cannot run on this slide."""
+
+    def prepare(self, samples: list[np.ndarray]) -> "Task":
+        """A copy of the task calibrated on sample windows of the slide (or ``self``)."""
+
+    def predict(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        """One integer ``(Y, X)`` map per ``(Y, X, C)`` window."""
+
+    def provenance(self) -> dict:
+        """Name, version or checksum, and every parameter, for the provenance record."""

@@ -1,0 +1,247 @@
+"""Jobs: the one call the command line, the OMERO scripts and the ``omero dl`` plugin all make.
+
+:func:`analyse_slide` runs a task over one slide from any :class:`~dlcore.io.slide.Slide` into any
+:class:`~dlcore.io.sink.ResultSink`: tissue detection, tile grid, calibration, streaming tiles,
+stitching, pyramid, overview, provenance.  On any failure the sink is told to abort, so nothing
+half-written stays behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import logging
+import platform
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+import dlcore
+from dlcore.errors import InputError
+from dlcore.io.labels import LabelCanvas
+from dlcore.io.sink import ResultSink, RunContext, RunOutputs
+from dlcore.io.slide import ResolutionPlan, Slide, SlideInfo, plan_resolution, read_working, with_mpp
+from dlcore.overview import render_overview
+from dlcore.tasks.base import Task
+from dlcore.progress import ProgressCallback
+from dlcore.tiling.engine import run_tiles
+from dlcore.tiling.grid import GridSpec, make_grid
+from dlcore.tiling.stitch import InstanceStitcher, SemanticStitcher
+from dlcore.tiling.tissue import TissueMask, thumbnail, tissue_mask_from_thumbnail
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a task on a slide, beyond the task's own parameters.
+
+    Attributes
+    ----------
+    mpp: override the slide's level-0 pixel size in µm (for files without one).
+    detect_tissue: restrict tiles to detected tissue; False analyses the whole image.
+    reader_threads: tile prefetch threads.
+    calibration_samples: windows sampled on tissue for the task's slide-wide calibration.
+    work_dir: scratch space for the label canvas (None = system temp).
+    """
+
+    mpp: float | None = None
+    detect_tissue: bool = True
+    reader_threads: int = 2
+    calibration_samples: int = 8
+    calibration_size: int = 512
+    work_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced: the summary a person reads and where each output went."""
+
+    summary: dict
+    outputs: dict[str, str]
+    provenance: dict
+
+
+def calibration_windows(slide: Slide, plan: ResolutionPlan, info: SlideInfo, tissue: TissueMask | None,
+                        *, count: int, size: int) -> list[np.ndarray]:
+    """Windows of ``size`` pixels centred on ``count`` tissue points spread evenly over the slide.
+
+    The points depend on the tissue mask only, never on the tile grid, so a slide analysed in tiles
+    and the same slide analysed whole calibrate identically.
+    """
+    width, height = plan.working_size(info)
+    if tissue is None:
+        points = [((i + 0.5) / count, 0.5) for i in range(count)]
+    else:
+        ys, xs = np.nonzero(tissue.mask)
+        if ys.size == 0:
+            return []
+        picks = np.linspace(0, ys.size - 1, num=min(count, ys.size)).astype(int)
+        points = [((xs[i] + 0.5) / tissue.mask.shape[1], (ys[i] + 0.5) / tissue.mask.shape[0]) for i in picks]
+    size = min(size, width, height)
+    windows = []
+    for fx, fy in points:
+        x = int(np.clip(fx * width - size / 2, 0, width - size))
+        y = int(np.clip(fy * height - size / 2, 0, height - size))
+        windows.append(read_working(slide, plan, x, y, size, size))
+    return windows
+
+
+def _stitcher(task: Task, canvas: LabelCanvas, plan: ResolutionPlan):
+    if task.kind == "instances":
+        classify = getattr(task, "classify_object", None)
+        return InstanceStitcher(canvas, factor=plan.factor, mpp=plan.working_mpp, classify=classify)
+    if task.kind == "semantic":
+        return SemanticStitcher(canvas, len(task.class_names))
+    raise InputError(f"task {task.name} has kind {task.kind!r}; the tile engine runs 'instances' and 'semantic' tasks")
+
+
+def analyse_slide(
+    slide: Slide,
+    task: Task,
+    sink: ResultSink,
+    *,
+    options: RunOptions = RunOptions(),
+    progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Run ``task`` over ``slide`` and write everything to ``sink``.
+
+    Raises a :class:`~dlcore.errors.DlcoreError` subclass with a clear message for bad input (no
+    tissue, wrong pixel type, missing pixel size...).  On any error the sink aborts: no partial
+    results remain.
+    """
+    started = time.perf_counter()
+    stage: dict[str, float] = {}
+    info = with_mpp(slide.info, options.mpp)
+    task.check(info)
+    plan = plan_resolution(info, task.mpp)
+    width, height = plan.working_size(info)
+
+    t0 = time.perf_counter()
+    thumb, thumb_downsample = thumbnail(slide)
+    tissue = None
+    if options.detect_tissue:
+        mask, method = tissue_mask_from_thumbnail(thumb, info)
+        tissue = TissueMask(mask=mask, downsample=thumb_downsample, method=method)
+        if not mask.any():
+            raise InputError(
+                f"no tissue found in {info.name} (method: {method}); check the image, or analyse the whole "
+                "image with --no-tissue-detection"
+            )
+    tiles = make_grid(width, height, GridSpec(task.tile_size, task.halo), mask=tissue.mask if tissue else None)
+    stage["tissue_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    samples = calibration_windows(slide, plan, info, tissue, count=options.calibration_samples, size=options.calibration_size)
+    task = task.prepare(samples)
+    stage["calibrate_s"] = time.perf_counter() - t0
+
+    scratch = Path(tempfile.mkdtemp(prefix="dlcore-", dir=options.work_dir))
+    canvas = LabelCanvas(scratch / "labels.zarr", width, height)
+    context = RunContext(
+        slide=info, run_key=task.name, task_kind=task.kind, working_mpp=plan.working_mpp,
+        factor=plan.factor, working_size=(width, height), class_names=tuple(task.class_names),
+        class_colors=tuple(getattr(task, "class_colors", ())),
+    )
+    stitcher = _stitcher(task, canvas, plan)
+    n_objects = 0
+    try:
+        sink.begin(context)
+
+        def consume(tile, window, prediction) -> None:
+            nonlocal n_objects
+            records = stitcher.add(tile, window, prediction)
+            if records:
+                n_objects += len(records)
+                sink.add_objects(records)
+
+        log.info("%s: %d tiles of %d px (+%d halo) at %s", info.name, len(tiles), task.tile_size, task.halo,
+                 f"{plan.working_mpp:.3f} µm/px" if plan.working_mpp else "native resolution")
+        times = run_tiles(
+            slide, plan, tiles, predict=task.predict, consume=consume, batch_size=task.batch_size,
+            reader_threads=options.reader_threads, progress=progress,
+        )
+        t0 = time.perf_counter()
+        canvas.build_pyramid()
+        overview = render_overview(
+            thumb, _overview_labels(canvas, thumb.shape), scratch / "overview.png",
+            tissue=tissue.mask if tissue else None,
+            semantic_colors=_semantic_colors(task) if task.kind == "semantic" else None,
+        )
+        stage["pyramid_overview_s"] = time.perf_counter() - t0
+        summary = _summary(info, task, plan, tissue, tiles, stitcher, n_objects)
+        provenance = _provenance(info, task, plan, options, tissue, summary, times, stage, started)
+        t0 = time.perf_counter()
+        outputs = sink.finish(RunOutputs(labels=canvas, overview_png=overview, provenance=provenance, summary=summary,
+                                         tags=tuple(summary.get("tags", ()))))
+        provenance["timings"]["write_results_s"] = round(time.perf_counter() - t0, 3)
+        provenance["timings"]["total_s"] = round(time.perf_counter() - started, 3)
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        canvas.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return RunResult(summary=summary, outputs=outputs, provenance=provenance)
+
+
+def _overview_labels(canvas: LabelCanvas, thumb_shape: tuple[int, ...]) -> np.ndarray:
+    """The smallest canvas level at least as large as the thumbnail (bounded in size)."""
+    for array in reversed(canvas.levels):
+        if array.shape[0] >= thumb_shape[0] or array is canvas.levels[0]:
+            return np.asarray(array[:])
+    return canvas.lowest_level()
+
+
+def _semantic_colors(task: Task) -> dict[int, tuple[int, int, int]]:
+    colors = getattr(task, "class_colors", ())
+    return {i + 1: tuple(c) for i, c in enumerate(colors)}
+
+
+def _summary(info, task, plan, tissue, tiles, stitcher, n_objects) -> dict:
+    factor = plan.factor
+    mpp0 = None if info.mpp is None else (info.mpp[0] + info.mpp[1]) / 2
+    tissue_px = tissue.tissue_area_px() if tissue else float(info.width * info.height)
+    summary: dict = {
+        "slide": info.name,
+        "task": task.name,
+        "tiles": len(tiles),
+        "tissue_fraction": round(tissue.tissue_fraction(), 4) if tissue else 1.0,
+        "tissue_area_mm2": round(tissue_px * mpp0 * mpp0 / 1e6, 4) if mpp0 else None,
+        "working_mpp": plan.working_mpp,
+    }
+    if task.kind == "instances":
+        summary["objects"] = n_objects
+        summary["truncated_objects"] = stitcher.truncated
+        summary["object_area_fraction_of_tissue"] = round(stitcher.total_area_px * factor * factor / max(tissue_px, 1), 4)
+    else:
+        names = ("background", *task.class_names)
+        area = (plan.working_mpp or 0) ** 2 / 1e6
+        summary["class_pixels"] = {n: int(c) for n, c in zip(names, stitcher.class_pixels)}
+        if area:
+            summary["class_area_mm2"] = {n: round(int(c) * area, 4) for n, c in zip(names, stitcher.class_pixels)}
+    return summary
+
+
+def _provenance(info, task, plan, options, tissue, summary, times, stage, started) -> dict:
+    return {
+        "dlcore_version": dlcore.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "user": getpass.getuser(),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "input": {"name": info.name, "identity": info.identity, "width": info.width, "height": info.height,
+                  "levels": len(info.levels), "mpp": info.mpp, "channels": list(info.channels), "dtype": info.dtype},
+        "task": task.provenance(),
+        "resolution": {"level_read": plan.level, "resample_scale": plan.scale, "working_mpp": plan.working_mpp,
+                       "level0_pixels_per_working_pixel": plan.factor},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(options).items()},
+        "tissue_detection": tissue.method if tissue else "off (whole image)",
+        "summary": summary,
+        "timings": {**{k: round(v, 3) for k, v in stage.items()}, **times.as_dict()},
+    }
