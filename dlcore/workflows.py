@@ -176,6 +176,7 @@ def analyse_slide(
         stage["pyramid_overview_s"] = time.perf_counter() - t0
         summary = _summary(info, task, plan, tissue, tiles, stitcher, n_objects)
         provenance = _provenance(info, task, plan, options, tissue, summary, times, stage, started)
+        provenance["timings"]["analysis_s"] = round(time.perf_counter() - started, 3)  # before the final export
         t0 = time.perf_counter()
         outputs = sink.finish(RunOutputs(labels=canvas, overview_png=overview, provenance=provenance, summary=summary,
                                          tags=tuple(summary.get("tags", ()))))
@@ -218,6 +219,7 @@ def _summary(info, task, plan, tissue, tiles, stitcher, n_objects) -> dict:
     if task.kind == "instances":
         summary["objects"] = n_objects
         summary["truncated_objects"] = stitcher.truncated
+        summary["duplicates_dropped"] = stitcher.duplicates
         summary["object_area_fraction_of_tissue"] = round(stitcher.total_area_px * factor * factor / max(tissue_px, 1), 4)
     else:
         names = ("background", *task.class_names)

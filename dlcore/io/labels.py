@@ -53,6 +53,15 @@ class LabelCanvas:
         x1, y1 = min(x + width, self.width), min(y + height, self.height)
         return np.asarray(self.levels[0][y0:y1, x0:x1])
 
+    def read_padded(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Level-0 labels of a region that may reach outside the canvas (outside reads as 0)."""
+        out = np.zeros((height, width), dtype=self.dtype)
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + width, self.width), min(y + height, self.height)
+        if x1 > x0 and y1 > y0:
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = self.levels[0][y0:y1, x0:x1]
+        return out
+
     def merge(self, x: int, y: int, labels: np.ndarray) -> None:
         """Write the non-zero ``labels`` at ``(x, y)`` where the canvas is still 0.
 

@@ -105,14 +105,15 @@ class TiffSlide:
         try:
             self.info, self._axes = self._describe(tif)
             _check_not_truncated(tif, path)
-        except Exception:
+        finally:
             tif.close()
-            raise
-        tif.close()
+        last = len(self.info.levels) - 1
+        lv = self.info.levels[last]
+        self.read_region(last, 0, 0, min(lv.width, 64), min(lv.height, 64))  # fail early if the data is corrupt
 
     def _describe(self, tif) -> tuple[SlideInfo, str]:
         if not tif.series:
-            raise SlideError(f"{self.path.name} contains no image")
+            raise SlideError(f"{self.path.name} contains no image; the file is corrupt or not a TIFF")
         series = tif.series[0]
         axes = series.axes
         if "Y" not in axes or "X" not in axes:
@@ -129,7 +130,7 @@ class TiffSlide:
         n_channels = shape0.get("S", 1) * shape0.get("C", 1)
         key = series.levels[0].keyframe
         tile = (key.tilewidth or base_w, key.tilelength or min(base_h, 1024))
-        channels = _ome_channel_names(tif, n_channels)
+        channels = _ome_channel_names(tif, n_channels, rgb=shape0.get("S", 1) == 3)
         info = SlideInfo(
             name=self.path.name,
             identity=_identity(self.path),
@@ -207,7 +208,7 @@ def _check_not_truncated(tif, path: Path) -> None:
                 )
 
 
-def _ome_channel_names(tif, n: int) -> tuple[str, ...]:
+def _ome_channel_names(tif, n: int, *, rgb: bool) -> tuple[str, ...]:
     names: list[str] = []
     if tif.is_ome and tif.ome_metadata:
         try:
@@ -219,7 +220,7 @@ def _ome_channel_names(tif, n: int) -> tuple[str, ...]:
             names = []
     if len(names) == n:
         return tuple(names)
-    if n == 3:
+    if rgb:
         return ("R", "G", "B")
     return tuple(f"C{i}" for i in range(n))
 
@@ -284,11 +285,18 @@ class OpenSlideSlide:
             name=path.name, identity=_identity(path), levels=levels, mpp=mpp,
             channels=("R", "G", "B"), dtype="uint8", tile_size=tile,
         )
+        last = len(levels) - 1
+        self.read_region(last, 0, 0, min(levels[last].width, 64), min(levels[last].height, 64))  # fail early if corrupt
 
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         check_region(self.info, level, x, y, width, height)
+        import openslide
+
         ds = self.info.levels[level].downsample
-        rgba = np.asarray(self._osr.read_region((int(round(x * ds)), int(round(y * ds))), level, (width, height)))
+        try:
+            rgba = np.asarray(self._osr.read_region((int(round(x * ds)), int(round(y * ds))), level, (width, height)))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(f"{self.info.name}: region x={x} y={y} of level {level} cannot be decoded ({exc}); the file is corrupt") from exc
         rgb = rgba[..., :3].copy()
         rgb[rgba[..., 3] == 0] = 255  # transparent = no scan data = white background
         return rgb

@@ -6,6 +6,11 @@ new slide-wide id, so an object crossing a tile border is neither cut in two nor
 halo must be wider than the largest object; objects that touch a window edge inside the slide are
 counted as ``truncated`` so a too-small halo shows up in the summary.
 
+Neighbouring tiles can segment the same object slightly differently near their borders.  An owned
+object more than half of whose pixels another tile has already written is the same object seen
+twice and is dropped (counted as ``duplicates``); otherwise it keeps only its unclaimed pixels, so
+the label image, the measurements and the outlines always agree.
+
 Semantic maps need no ownership: each tile writes its core.
 """
 from __future__ import annotations
@@ -39,6 +44,7 @@ class InstanceStitcher:
         self.classify = classify
         self.next_id = 1
         self.truncated = 0
+        self.duplicates = 0
         self.total_area_px = 0
 
     def add(self, tile: Tile, window: np.ndarray, labels: np.ndarray) -> list[ObjectRecord]:
@@ -46,6 +52,7 @@ class InstanceStitcher:
         from scipy import ndimage as ndi
 
         wx, wy, ww, wh = tile.window
+        claimed = self.canvas.read_padded(wx, wy, ww, wh) > 0
         owned = np.zeros(labels.shape, dtype=self.canvas.dtype)
         records: list[ObjectRecord] = []
         slices = ndi.find_objects(labels)
@@ -58,6 +65,13 @@ class InstanceStitcher:
             cx = wx + sl[1].start + xs.mean() + 0.5
             if not tile.owns(cx, cy):
                 continue
+            taken = claimed[sl] & mask
+            if taken.any():
+                if taken.sum() * 2 > ys.size:
+                    self.duplicates += 1
+                    continue
+                mask = mask & ~taken
+                ys, xs = np.nonzero(mask)
             if self._touches_inner_edge(sl, labels.shape, tile):
                 self.truncated += 1
             object_id = self.next_id

@@ -5,11 +5,11 @@ Method (documented in the README):
 1. A thumbnail of the slide of at most ``max_side`` pixels is built from the coarsest pyramid level
    that is large enough, read block by block so memory stays bounded even for one-level slides.
 2. For 8-bit RGB (brightfield: H&E, IHC) a pixel is background when it is near-black (value < 40,
-   the black margins some scanners write) or when it is bright *and* unsaturated (glass: HSV
-   saturation < 0.07 and value above a brightness cut, Otsu's threshold of the value clamped to
-   [180, 235]).  Everything else is tissue: stained tissue is saturated, and pale or unstained
-   tissue is darker than the glass.  For other images (fluorescence, 16-bit, single channel)
-   tissue is where the mean intensity exceeds its Otsu threshold.
+   the black margins some scanners write) or when it looks like glass: unsaturated (HSV saturation
+   < 0.07) and within 15 grey levels of the glass brightness (the 95th percentile of the value of
+   unsaturated pixels).  Everything else is tissue: stained tissue is saturated, and pale tissue
+   is darker than the glass.  For other images (fluorescence, 16-bit, single channel) tissue is
+   where the mean intensity exceeds its Otsu threshold.
 3. The raw mask is cleaned: closing and hole filling, then removal of specks smaller than
    ``min_area_fraction`` of the thumbnail.
 """
@@ -88,8 +88,9 @@ def tissue_mask_from_thumbnail(thumb: np.ndarray, info: SlideInfo, *, min_area_f
         value = ndi.uniform_filter(rgb.max(axis=2), 3)
         sat = ndi.uniform_filter(np.where(value > 0, (rgb.max(axis=2) - rgb.min(axis=2)) / np.maximum(rgb.max(axis=2), 1), 0), 3)
         not_black = value >= 40
-        bright_cut = threshold_otsu(value[not_black]) if not_black.sum() > 16 and np.ptp(value[not_black]) > 0 else 220.0
-        bright_cut = float(np.clip(bright_cut, 180, 235))
+        unsaturated = not_black & (sat < 0.07)
+        glass = float(np.percentile(value[unsaturated], 95)) if unsaturated.sum() > 16 else 255.0
+        bright_cut = float(np.clip(glass - 15, 180, 245))
         raw = not_black & ~((sat < 0.07) & (value > bright_cut))
         method = f"not black (value>=40) and not glass (saturation<0.07 with value>{bright_cut:.0f})"
     else:
