@@ -29,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dlcore-bench", help="where slides are cached")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="task parameter")
+    p.add_argument("--skip-task-alone", action="store_true",
+                   help="only the end-to-end run (memory figures on big slides); no efficiency")
 
 
 def _slide_for(size: int, cache: Path) -> Path:
@@ -46,16 +48,13 @@ def _slide_for(size: int, cache: Path) -> Path:
     return path
 
 
-def measure(slide_path: Path, task_name: str, params: dict) -> dict:
+def measure(slide_path: Path, task_name: str, params: dict, *, task_alone: bool = True) -> dict:
     """Run the benchmark in this process (call it in a fresh process for a clean peak-RSS figure)."""
     from dlcore.config import load_config
     from dlcore.io import open_slide
     from dlcore.io.local_sink import LocalFolderSink
     from dlcore.io.slide import plan_resolution
     from dlcore.tasks import resolve_task
-    from dlcore.tiling.engine import read_window
-    from dlcore.tiling.grid import GridSpec, make_grid
-    from dlcore.tiling.tissue import detect_tissue
     from dlcore.workflows import RunOptions, analyse_slide
 
     config = load_config()
@@ -66,19 +65,9 @@ def measure(slide_path: Path, task_name: str, params: dict) -> dict:
     result = analyse_slide(slide, task, LocalFolderSink(out), options=RunOptions(reader_threads=config.reader_threads))
     e2e = time.perf_counter() - start
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    prepared_params = result.provenance["task"]["parameters"]
-    # task alone on the same tiles, with the same calibration
-    task = resolve_task(task_name, {**params, **{k: v for k, v in prepared_params.items() if k in ("threshold",)}}, config=config)
     plan = plan_resolution(slide.info, task.mpp)
-    tissue = detect_tissue(slide)
     width, height = plan.working_size(slide.info)
-    tiles = make_grid(width, height, GridSpec(task.tile_size, task.halo), mask=tissue.mask)
-    task_alone = 0.0
-    for i in range(0, len(tiles), task.batch_size):
-        windows = [read_window(slide, plan, t) for t in tiles[i:i + task.batch_size]]
-        t0 = time.perf_counter()
-        task.predict(windows)
-        task_alone += time.perf_counter() - t0
+    alone = _task_alone_seconds(slide, task, plan, (width, height)) if task_alone else None
     slide.close()
     summary = result.summary
     tissue_gpx = summary["tissue_fraction"] * width * height / 1e9
@@ -89,11 +78,34 @@ def measure(slide_path: Path, task_name: str, params: dict) -> dict:
     return {
         "slide": slide_path.name, "slide_px": slide.info.width * slide.info.height,
         "tissue_gigapixels": round(tissue_gpx, 4), "tiles": summary["tiles"], "objects": summary.get("objects"),
-        "end_to_end_s": round(e2e, 2), "task_alone_s": round(task_alone, 2),
-        "s_per_gpx_tissue": round(e2e / tissue_gpx, 1), "task_s_per_gpx_tissue": round(task_alone / tissue_gpx, 1),
-        "pipeline_efficiency": round(task_alone / e2e, 3), "peak_rss_mb": round(peak_rss_mb, 1),
+        "end_to_end_s": round(e2e, 2), "task_alone_s": None if alone is None else round(alone, 2),
+        "s_per_gpx_tissue": round(e2e / tissue_gpx, 1),
+        "task_s_per_gpx_tissue": None if alone is None else round(alone / tissue_gpx, 1),
+        "pipeline_efficiency": None if alone is None else round(alone / e2e, 3), "peak_rss_mb": round(peak_rss_mb, 1),
         "output_mb": round(size_bytes / 1e6, 1), "stages": result.provenance["timings"],
     }
+
+
+def _task_alone_seconds(slide, task, plan, size: tuple[int, int]) -> float:
+    """Seconds the task's ``predict`` alone takes on the run's tiles (windows read beforehand, untimed).
+
+    The task is calibrated on the same windows as the end-to-end run, so it does the same work.
+    """
+    from dlcore.tiling.engine import read_window
+    from dlcore.tiling.grid import GridSpec, make_grid
+    from dlcore.tiling.tissue import detect_tissue
+    from dlcore.workflows import calibration_windows
+
+    tissue = detect_tissue(slide)
+    task = task.prepare(calibration_windows(slide, plan, slide.info, tissue, count=8, size=512))
+    tiles = make_grid(size[0], size[1], GridSpec(task.tile_size, task.halo), mask=tissue.mask)
+    seconds = 0.0
+    for i in range(0, len(tiles), task.batch_size):
+        windows = [read_window(slide, plan, t) for t in tiles[i:i + task.batch_size]]
+        t0 = time.perf_counter()
+        task.predict(windows)
+        seconds += time.perf_counter() - t0
+    return seconds
 
 
 def main(args) -> int:
@@ -105,7 +117,8 @@ def main(args) -> int:
         slide = _slide_for(size, args.cache)
         print(f"benchmarking {args.task} on {slide.name} ...", flush=True)
         child = subprocess.run(
-            [sys.executable, "-m", "dlcore.benchmark", str(slide), args.task, json.dumps(params)],
+            [sys.executable, "-m", "dlcore.benchmark", str(slide), args.task, json.dumps(params),
+             "skip" if args.skip_task_alone else "full"],
             capture_output=True, text=True,
         )
         if child.returncode != 0:
@@ -138,4 +151,4 @@ def _cpu_name() -> str:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]))))
+    print(json.dumps(measure(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), task_alone=sys.argv[4] == "full")))

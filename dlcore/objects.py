@@ -74,7 +74,7 @@ def measure_object(
     mpp: float | None,
     class_name: str | None = None,
 ) -> ObjectRecord:
-    """Measure one object.
+    """Measure one object from its mask and pixels.
 
     Parameters
     ----------
@@ -90,22 +90,44 @@ def measure_object(
         Working-resolution pixel size in µm, or None.
     """
     ys, xs = np.nonzero(mask)
-    area = int(ys.size)
+    means = tuple(float(v) for v in image[mask].mean(axis=0)) if ys.size else ()
+    return object_record(
+        object_id=object_id, mask=mask, origin=origin, factor=factor, mpp=mpp, area=int(ys.size),
+        centroid=(float(xs.mean()) if ys.size else 0.0, float(ys.mean()) if ys.size else 0.0),
+        means=means, class_name=class_name,
+    )
+
+
+def object_record(
+    *,
+    object_id: int,
+    mask: np.ndarray,
+    origin: tuple[int, int],
+    factor: float,
+    mpp: float | None,
+    area: int,
+    centroid: tuple[float, float],
+    means: tuple[float, ...],
+    class_name: str | None = None,
+) -> ObjectRecord:
+    """An :class:`ObjectRecord` from measurements already made (``centroid``: mean (x, y) pixel index
+    within ``mask``); adds the outline and perimeter and converts to level-0 coordinates."""
     ox, oy = origin
-    cx = (xs.mean() + 0.5 + ox) * factor
-    cy = (ys.mean() + 0.5 + oy) * factor
     h, w = mask.shape
-    bbox = (ox * factor, oy * factor, (ox + w) * factor, (oy + h) * factor)
     poly = outline(mask)
     if len(poly) >= 2:
         closed = np.vstack([poly, poly[:1]])
         perimeter = float(np.hypot(*np.diff(closed, axis=0).T).sum())
     else:
         perimeter = 0.0
-    polygon = tuple((float((c + 0.5 + ox) * factor), float((r + 0.5 + oy) * factor)) for r, c in poly)
-    means = tuple(float(v) for v in image[mask].mean(axis=0)) if area else ()
     return ObjectRecord(
-        id=object_id, centroid=(float(cx), float(cy)), bbox=bbox, area_px=area,
-        area_um2=area * mpp * mpp if mpp else None, perimeter_px=perimeter * factor,
-        mean_intensity=means, polygon=polygon, class_name=class_name,
+        id=object_id,
+        centroid=((centroid[0] + 0.5 + ox) * factor, (centroid[1] + 0.5 + oy) * factor),
+        bbox=(ox * factor, oy * factor, (ox + w) * factor, (oy + h) * factor),
+        area_px=area,
+        area_um2=area * mpp * mpp if mpp else None,
+        perimeter_px=perimeter * factor,
+        mean_intensity=means,
+        polygon=tuple((float((c + 0.5 + ox) * factor), float((r + 0.5 + oy) * factor)) for r, c in poly),
+        class_name=class_name,
     )

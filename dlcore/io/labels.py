@@ -62,6 +62,14 @@ class LabelCanvas:
             out[y0 - y:y1 - y, x0 - x:x1 - x] = self.levels[0][y0:y1, x0:x1]
         return out
 
+    def write(self, x: int, y: int, labels: np.ndarray) -> None:
+        """Overwrite the region at ``(x, y)`` with ``labels`` (the part outside the canvas is dropped)."""
+        h, w = labels.shape
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, self.width), min(y + h, self.height)
+        if x1 > x0 and y1 > y0:
+            self.levels[0][y0:y1, x0:x1] = labels[y0 - y:y1 - y, x0 - x:x1 - x]
+
     def merge(self, x: int, y: int, labels: np.ndarray) -> None:
         """Write the non-zero ``labels`` at ``(x, y)`` where the canvas is still 0.
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from dlcore.io.labels import LabelCanvas
-from dlcore.objects import ObjectRecord, measure_object
+from dlcore.objects import ObjectRecord, measure_object, object_record
 from dlcore.tiling.grid import Tile
 
 
@@ -48,45 +48,77 @@ class InstanceStitcher:
         self.total_area_px = 0
 
     def add(self, tile: Tile, window: np.ndarray, labels: np.ndarray) -> list[ObjectRecord]:
-        """Stitch one tile: write the objects it owns and return their records."""
+        """Stitch one tile: write the objects it owns and return their records.
+
+        Areas, centroids, mean intensities and overlaps with already-written objects are computed
+        for all objects of the window at once; only owned objects get outlines.
+        """
         from scipy import ndimage as ndi
 
         wx, wy, ww, wh = tile.window
-        claimed = self.canvas.read_padded(wx, wy, ww, wh) > 0
-        owned = np.zeros(labels.shape, dtype=self.canvas.dtype)
-        records: list[ObjectRecord] = []
+        current = self.canvas.read_padded(wx, wy, ww, wh)
+        n = int(labels.max())
+        if n == 0:
+            return []
+        flat = labels.ravel()
+        area = np.bincount(flat, minlength=n + 1)
+        rows, cols = self._coordinates(labels.shape)
+        sum_y = np.bincount(flat, weights=rows, minlength=n + 1)
+        sum_x = np.bincount(flat, weights=cols, minlength=n + 1)
+        channels = window.reshape(-1, window.shape[2])
+        sums = [np.bincount(flat, weights=channels[:, c], minlength=n + 1) for c in range(window.shape[2])]
+        taken = np.bincount(flat[current.ravel() > 0], minlength=n + 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cy, cx = sum_y / area, sum_x / area
+            means = np.stack(sums, axis=1) / area[:, None]
+        # the ownership rule, in slide coordinates (pixel centres at +0.5)
+        owned_ids = np.nonzero(
+            (area > 0) & (wx + cx + 0.5 >= tile.x) & (wx + cx + 0.5 < tile.x + tile.width)
+            & (wy + cy + 0.5 >= tile.y) & (wy + cy + 0.5 < tile.y + tile.height)
+        )[0]
+        owned_ids = owned_ids[owned_ids > 0]
+        duplicates = taken[owned_ids] * 2 > area[owned_ids]
+        self.duplicates += int(duplicates.sum())
+        owned_ids = owned_ids[~duplicates]
+        if owned_ids.size == 0:
+            return []
         slices = ndi.find_objects(labels)
-        for local_id, sl in enumerate(slices, start=1):
-            if sl is None:
-                continue
+        out = current.copy()
+        records: list[ObjectRecord] = []
+        for local_id in owned_ids:
+            sl = slices[local_id - 1]
             mask = labels[sl] == local_id
-            ys, xs = np.nonzero(mask)
-            cy = wy + sl[0].start + ys.mean() + 0.5
-            cx = wx + sl[1].start + xs.mean() + 0.5
-            if not tile.owns(cx, cy):
-                continue
-            taken = claimed[sl] & mask
-            if taken.any():
-                if taken.sum() * 2 > ys.size:
-                    self.duplicates += 1
-                    continue
-                mask = mask & ~taken
-                ys, xs = np.nonzero(mask)
-            if self._touches_inner_edge(sl, labels.shape, tile):
-                self.truncated += 1
             object_id = self.next_id
             self.next_id += 1
-            owned[sl][mask] = object_id
+            origin = (wx + sl[1].start, wy + sl[0].start)
             image = window[sl]
-            records.append(measure_object(
-                object_id=object_id, mask=mask, image=image,
-                origin=(wx + sl[1].start, wy + sl[0].start), factor=self.factor, mpp=self.mpp,
-                class_name=self.classify(mask, image) if self.classify else None,
-            ))
-            self.total_area_px += int(ys.size)
-        if records:
-            self.canvas.merge(wx, wy, owned)
+            class_name = self.classify(mask, image) if self.classify else None
+            if taken[local_id]:  # a sliver overlaps a neighbour's object: keep only the free pixels
+                mask &= current[sl] == 0
+                record = measure_object(object_id=object_id, mask=mask, image=image, origin=origin,
+                                        factor=self.factor, mpp=self.mpp, class_name=class_name)
+            else:
+                record = object_record(
+                    object_id=object_id, mask=mask, origin=origin, factor=self.factor, mpp=self.mpp,
+                    area=int(area[local_id]), centroid=(cx[local_id] - sl[1].start, cy[local_id] - sl[0].start),
+                    means=tuple(float(v) for v in means[local_id]), class_name=class_name,
+                )
+            out[sl][mask] = object_id
+            records.append(record)
+            self.total_area_px += record.area_px
+            if self._touches_inner_edge(sl, labels.shape, tile):
+                self.truncated += 1
+        self.canvas.write(wx, wy, out)
         return records
+
+    def _coordinates(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Flattened row and column indices of a window (cached: windows share their shape)."""
+        cached = getattr(self, "_coords", None)
+        if cached is None or cached[0] != shape:
+            h, w = shape
+            cached = (shape, np.repeat(np.arange(h, dtype=np.float64), w), np.tile(np.arange(w, dtype=np.float64), h))
+            self._coords = cached
+        return cached[1], cached[2]
 
     def _touches_inner_edge(self, sl: tuple[slice, slice], shape: tuple[int, int], tile: Tile) -> bool:
         """True when the object reaches a window edge that is not the slide's edge (it may be cut)."""
