@@ -127,3 +127,21 @@ def test_peak_memory_does_not_hold_the_slide(slide_path, tmp_path):
     assert canvas.read(50_000, 50_000, 10, 10).sum() == 100
     stored = sum(f.stat().st_size for f in Path(tmp_path / "c.zarr").rglob("*") if f.is_file())
     assert stored < 100_000
+
+
+def test_ome_zarr_label_output(slide_path, tmp_path):
+    import zarr
+
+    slide = open_slide(slide_path)
+    try:
+        result = analyse_slide(slide, ClassicalNuclei(tile_size=512), LocalFolderSink(tmp_path, label_format="ome-zarr"))
+    finally:
+        slide.close()
+    path = Path(result.outputs["label image"])
+    assert path.name == "labels.ome.zarr"
+    attrs = json.loads((path / ".zattrs").read_text())["multiscales"][0]
+    assert attrs["version"] == "0.4" and attrs["axes"][0]["unit"] == "micrometer"
+    assert attrs["datasets"][1]["coordinateTransformations"][0]["scale"] == [1.0, 1.0]
+    level0 = zarr.open_array(str(path / "0"), mode="r")
+    assert level0.shape == (1024, 1536)
+    assert len(np.unique(level0[:])) - 1 == result.summary["objects"]
