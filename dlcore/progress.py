@@ -24,8 +24,7 @@ class TqdmProgress:
             self._stage = stage
             self._bar = tqdm(total=total, desc=f"{self.prefix}{stage}", unit="tile" if stage == "tiles" else "it",
                              dynamic_ncols=True, leave=False, file=sys.stderr)
-        self._bar.n = done
-        self._bar.refresh()
+        self._bar.update(done - self._bar.n)
         if done >= total:
             self.close()
 

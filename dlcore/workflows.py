@@ -192,11 +192,9 @@ def analyse_slide(
 
 
 def _overview_labels(canvas: LabelCanvas, thumb_shape: tuple[int, ...]) -> np.ndarray:
-    """The smallest canvas level at least as large as the thumbnail (bounded in size)."""
-    for array in reversed(canvas.levels):
-        if array.shape[0] >= thumb_shape[0] or array is canvas.levels[0]:
-            return np.asarray(array[:])
-    return canvas.lowest_level()
+    """The coarsest canvas level at least as tall as the thumbnail (so its size is bounded), or level 0."""
+    fitting = [array for array in canvas.levels if array.shape[0] >= thumb_shape[0]]
+    return np.asarray((fitting[-1] if fitting else canvas.levels[0])[:])
 
 
 def _semantic_colors(task: Task) -> dict[int, tuple[int, int, int]]:

@@ -8,7 +8,6 @@ or as an OME-Zarr (NGFF 0.4) image.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,10 +114,6 @@ class LabelCanvas:
                     block = np.pad(block, ((0, tile - block.shape[0]), (0, tile - block.shape[1])))
                 yield block
 
-    def lowest_level(self) -> np.ndarray:
-        """The coarsest level as an array (small after :meth:`build_pyramid`)."""
-        return np.asarray(self.levels[-1][:])
-
     def write_ome_tiff(self, path: Path, *, mpp: float | None, tile: int = 256, name: str = "labels") -> Path:
         """Export the pyramid as a tiled, zlib-compressed pyramidal OME-TIFF (SubIFDs)."""
         import tifffile
@@ -168,7 +163,3 @@ class LabelCanvas:
         """Delete the scratch store."""
         shutil.rmtree(self.path, ignore_errors=True)
 
-
-def pyramid_levels(width: int, height: int, min_side: int = 256) -> int:
-    """How many levels :meth:`LabelCanvas.build_pyramid` makes for an image of this size."""
-    return 1 + max(0, math.ceil(math.log2(max(width, height) / min_side))) if max(width, height) > min_side else 1
