@@ -12,44 +12,48 @@ from pathlib import Path
 import numpy as np
 
 
-def write_class_outlines(stitcher, class_names, class_colors, path: Path, *, max_side: int = 4096,
-                         min_area_px: int = 4) -> Path:
-    """Write each class's regions as GeoJSON polygons (level-0 pixels); returns ``path``."""
+def write_class_outlines(stitcher, class_names, class_colors, path: Path, *, max_side: int = 2048,
+                         min_area_px: int = 16) -> Path:
+    """Write each class's regions as GeoJSON polygons with holes (level-0 pixels); returns ``path``.
+
+    Regions and holes under ``min_area_px`` pixels of the traced level are left out.
+    """
     import shapely
+    from scipy import ndimage as ndi
     from skimage import measure
+
+    from dlcore.imageops import remove_small
 
     canvas = stitcher.canvas
     level = 0
     while level + 1 < len(canvas.levels) and max(canvas.levels[level].shape) > max_side:
         level += 1
     labels = np.asarray(canvas.levels[level][:])
-    scale_y = canvas.height / labels.shape[0]
-    scale_x = canvas.width / labels.shape[1]
     factor = getattr(stitcher, "factor", 1.0)
+    sx, sy = canvas.width / labels.shape[1] * factor, canvas.height / labels.shape[0] * factor
     features = []
     for index, name in enumerate(class_names, start=1):
-        mask = np.pad(labels == index, 1)
-        if not mask.any():
-            continue
+        mask = remove_small(labels == index, min_area_px)
+        mask = ~remove_small(~mask, min_area_px)  # fill small holes
+        components, _ = ndi.label(mask)
         polys = []
-        for contour in measure.find_contours(mask.astype(np.uint8), 0.5):
-            if len(contour) < 4:
+        for n, sl in enumerate(ndi.find_objects(components), start=1):
+            crop = np.pad(components[sl] == n, 1)
+            rings = [c for c in measure.find_contours(crop.astype(np.uint8), 0.5) if len(c) >= 4]
+            if not rings:
                 continue
-            ring = [((x - 1 + 0.5) * scale_x * factor, (y - 1 + 0.5) * scale_y * factor) for y, x in contour]
-            poly = shapely.Polygon(ring).buffer(0)
-            if poly.area >= min_area_px * scale_x * scale_y * factor * factor:
-                polys.append(poly)
+            y0, x0 = sl[0].start - 1, sl[1].start - 1
+            rings = [[((x + x0 + 0.5) * sx, (y + y0 + 0.5) * sy) for y, x in r] for r in rings]
+            rings.sort(key=lambda r: shapely.Polygon(r).area, reverse=True)
+            polys.append(shapely.Polygon(rings[0], rings[1:]).buffer(0))
         if not polys:
             continue
-        # even-odd: a contour inside another is a hole
-        geom = polys[0]
-        for poly in polys[1:]:
-            geom = geom.symmetric_difference(poly)
-        geom = shapely.simplify(geom, max(scale_x, scale_y) * factor * 0.5)
+        geom = shapely.simplify(shapely.MultiPolygon([p for g in polys for p in getattr(g, "geoms", [g])]), max(sx, sy) * 0.5)
         color = list(class_colors[index - 1]) if index - 1 < len(class_colors) else [200, 0, 0]
         features.append({"type": "Feature", "geometry": json.loads(shapely.to_geojson(geom)),
                          "properties": {"objectType": "annotation", "name": name,
                                         "classification": {"name": name, "color": color},
-                                        "measurements": {"Area px (level 0)": round(float(geom.area), 1)}}})
+                                        "measurements": {"Area px (level 0)": round(float(geom.area), 1),
+                                                         "Regions": len(polys)}}})
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
