@@ -219,7 +219,7 @@ def build_task(network: Network, params: dict, *, batch_size: int = 8) -> _Model
             common[key] = params.pop(key)
     if network.spec.foreign and network.spec.sizes["y"][1] == 0:  # a fixed-size network: tiles fit it
         common["tile_size"] = network.spec.sizes["y"][0] - 2 * common["halo"]
-    if not common["tile_size"] > 2 * 0 or common["halo"] < 0 or common["batch_size"] < 1:
+    if common["tile_size"] < 1 or common["halo"] < 0 or common["batch_size"] < 1:
         raise ParameterError(f"model {network.spec.name!r}: tile_size, halo and batch_size must be positive ({common})")
     base = dict(network=network, class_names=tuple(cfg["classes"]),
                 class_colors=tuple(tuple(c) for c in cfg["colors"]), **common)
