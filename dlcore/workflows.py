@@ -93,6 +93,9 @@ def calibration_windows(slide: Slide, plan: ResolutionPlan, info: SlideInfo, tis
 
 
 def _stitcher(task: Task, canvas: LabelCanvas, plan: ResolutionPlan):
+    make_stitcher = getattr(task, "make_stitcher", None)  # optional: a task that keeps more than labels
+    if make_stitcher is not None:
+        return make_stitcher(canvas, plan)
     if task.kind == "instances":
         classify = getattr(task, "classify_object", None)
         return InstanceStitcher(canvas, factor=plan.factor, mpp=plan.working_mpp, classify=classify)
@@ -175,11 +178,13 @@ def analyse_slide(
         )
         stage["pyramid_overview_s"] = time.perf_counter() - t0
         summary = _summary(info, task, plan, tissue, tiles, stitcher, n_objects)
+        extra_outputs = getattr(task, "extra_outputs", None)  # optional: e.g. a heatmap, class outlines
+        extra_files = extra_outputs(stitcher, scratch) if extra_outputs else {}
         provenance = _provenance(info, task, plan, options, tissue, summary, times, stage, started)
         provenance["timings"]["analysis_s"] = round(time.perf_counter() - started, 3)  # before the final export
         t0 = time.perf_counter()
         outputs = sink.finish(RunOutputs(labels=canvas, overview_png=overview, provenance=provenance, summary=summary,
-                                         tags=tuple(summary.get("tags", ()))))
+                                         tags=tuple(summary.get("tags", ())), extra_files=extra_files))
         provenance["timings"]["write_results_s"] = round(time.perf_counter() - t0, 3)
         provenance["timings"]["total_s"] = round(time.perf_counter() - started, 3)
     except BaseException:
@@ -225,6 +230,9 @@ def _summary(info, task, plan, tissue, tiles, stitcher, n_objects) -> dict:
         summary["class_pixels"] = {n: int(c) for n, c in zip(names, stitcher.class_pixels)}
         if area:
             summary["class_area_mm2"] = {n: round(int(c) * area, 4) for n, c in zip(names, stitcher.class_pixels)}
+    summarize = getattr(task, "summarize", None)  # optional: e.g. a slide-level classification and tags
+    if summarize is not None:
+        summary.update(summarize(stitcher))
     return summary
 
 

@@ -1,0 +1,114 @@
+"""A patch classifier mapped over a slide: class map, heatmap and slide-level decision.
+
+Each tile core is cut into ``patch_size`` squares aligned on the slide's working-resolution grid
+(tile sizes are multiples of the patch size).  Patches that are mostly tissue are classified in one
+batch; the class map holds ``class index + 1`` (0 = not classified).  The per-patch probabilities go
+to a :class:`PatchStitcher`, which keeps them on a slide-wide grid of patches (a few MB even for a
+gigapixel slide) for the heatmap and the slide decision: the mean class probabilities over tissue
+patches (background class left out), renormalised, and the top class.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from dlcore.tiling.stitch import SemanticStitcher
+
+
+def tissue_fraction(patch: np.ndarray) -> float:
+    """Fraction of pixels that look like tissue: not glass (bright, grey) and not black margin."""
+    if patch.dtype != np.uint8:
+        return 1.0
+    rgb = patch[..., :3].astype(np.int16)
+    grey = rgb.mean(axis=-1)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1) if rgb.shape[-1] >= 3 else np.full(grey.shape, 255)
+    tissue = (grey > 25) & ((grey < 215) | (spread > 20))
+    return float(tissue.mean())
+
+
+def classify_windows(task, windows: list[np.ndarray]) -> tuple[list[np.ndarray], list[dict]]:
+    """Class maps and patch grids (``{"probs": (rows, cols, K), "tissue": (rows, cols)}``) for windows."""
+    p, h = task.patch_size, task.halo
+    patches, where, grids = [], [], []
+    for index, window in enumerate(windows):
+        core_h, core_w = window.shape[0] - 2 * h, window.shape[1] - 2 * h
+        rows, cols = math.ceil(core_h / p), math.ceil(core_w / p)
+        grids.append({"probs": np.zeros((rows, cols, len(task.class_names)), np.float32),
+                      "tissue": np.zeros((rows, cols), bool)})
+        for r in range(rows):
+            for c in range(cols):
+                patch = window[h + r * p:h + (r + 1) * p, h + c * p:h + (c + 1) * p]
+                if tissue_fraction(patch) < task.min_tissue:
+                    continue
+                if patch.shape[:2] != (p, p):
+                    patch = np.pad(patch, ((0, p - patch.shape[0]), (0, p - patch.shape[1]), (0, 0)), mode="edge")
+                patches.append(patch)
+                where.append((index, r, c))
+    labels = [np.zeros(w.shape[:2], np.int32) for w in windows]
+    if patches:
+        probs = np.concatenate([task.network(np.stack(patches[i:i + 256])) for i in range(0, len(patches), 256)])
+        for (index, r, c), prob in zip(where, probs):
+            grids[index]["probs"][r, c] = prob
+            grids[index]["tissue"][r, c] = True
+            labels[index][h + r * p:h + (r + 1) * p, h + c * p:h + (c + 1) * p] = int(np.argmax(prob)) + 1
+    return labels, grids
+
+
+class PatchStitcher(SemanticStitcher):
+    """A :class:`SemanticStitcher` that also keeps every patch's probabilities on a slide-wide grid."""
+
+    def __init__(self, canvas, task) -> None:
+        super().__init__(canvas, len(task.class_names))
+        self.task = task
+        p = task.patch_size
+        self.grid = np.zeros((math.ceil(canvas.height / p), math.ceil(canvas.width / p), len(task.class_names)), np.float16)
+        self.tissue = np.zeros(self.grid.shape[:2], bool)
+
+    def add(self, tile, window, labels):
+        records = super().add(tile, window, labels)
+        grid = self.task.pop_grid()
+        p = self.task.patch_size
+        r0, c0 = tile.y // p, tile.x // p
+        rows, cols = grid["tissue"].shape
+        self.grid[r0:r0 + rows, c0:c0 + cols] = grid["probs"]
+        self.tissue[r0:r0 + rows, c0:c0 + cols] = grid["tissue"]
+        return records
+
+    def slide_decision(self) -> dict:
+        """``slide_classification`` (class -> score), the top class as a tag, and patch counts."""
+        names = list(self.task.class_names)
+        probs = self.grid[self.tissue].astype(np.float64)
+        counts = {n: int(c) for n, c in zip(names, np.bincount(probs.argmax(axis=1), minlength=len(names)))} if len(probs) else {n: 0 for n in names}
+        keep = [i for i, n in enumerate(names) if n != self.task.background_class]
+        if len(probs):
+            top_is_bg = np.isin(probs.argmax(axis=1), [i for i in range(len(names)) if i not in keep])
+            probs = probs[~top_is_bg] if (~top_is_bg).any() else probs
+        if not len(probs):
+            return {"slide_classification": {names[i]: 0.0 for i in keep}, "tags": [], "tissue_patches": 0,
+                    "patch_counts": counts}
+        mean = probs[:, keep].mean(axis=0)
+        mean = mean / max(mean.sum(), 1e-12)
+        scores = {names[i]: round(float(s), 4) for i, s in zip(keep, mean)}
+        top = max(scores, key=scores.get)
+        return {"slide_classification": scores, "slide_class": top, "tags": [top],
+                "tissue_patches": int(self.tissue.sum()), "patch_counts": counts}
+
+    def write_heatmap(self, folder: Path) -> dict[str, Path]:
+        """``heatmap.npy`` (rows, cols, classes; NaN off tissue) and ``heatmap.png`` (class colours by probability)."""
+        from PIL import Image
+
+        probs = self.grid.astype(np.float32)
+        probs[~self.tissue] = np.nan
+        npy = folder / "heatmap.npy"
+        np.save(npy, probs)
+        colors = np.asarray(self.task.class_colors, np.float32)
+        rgb = np.nan_to_num(probs) @ colors
+        rgb[~self.tissue] = 255
+        scale = max(1, 512 // max(self.grid.shape[:2]))
+        image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).resize(
+            (self.grid.shape[1] * scale, self.grid.shape[0] * scale), Image.NEAREST)
+        png = folder / "heatmap.png"
+        image.save(png)
+        return {"heatmap": png, "heatmap probabilities": npy}
