@@ -10,6 +10,14 @@ of ``(Y, X)`` integer maps.  Its ``kind`` says how the engine reads them:
 
 Tasks are frozen dataclasses; :meth:`Task.prepare` returns a copy calibrated on sample windows of
 the slide (e.g. a threshold) so that every tile is processed with the same, slide-wide settings.
+
+Optional hooks the workflow uses when a task has them:
+
+- ``class_colors``: one RGB triple per class, for overviews and outlines;
+- ``classify_object(mask, image) -> str | None``: a class for each segmented object;
+- ``make_stitcher(canvas, plan)``: a stitcher of its own (e.g. one that also keeps probabilities);
+- ``summarize(stitcher) -> dict``: extra summary entries (e.g. a slide-level decision and ``tags``);
+- ``extra_outputs(stitcher, scratch_dir) -> dict[name, Path]``: extra files (e.g. a heatmap).
 """
 from __future__ import annotations
 
