@@ -113,7 +113,7 @@ def test_install_from_folder_and_zip_then_remove(package, tmp_path, config):
     assert [m.name for m in registry.list_models(config)] == ["tiny-semantic", "tiny-zip"]
     registry.remove("tiny-zip", config)
     assert [m.name for m in registry.list_models(config)] == ["tiny-semantic"]
-    with pytest.raises(ModelError, match="no model called"):
+    with pytest.raises(ModelError, match="no task or model called"):
         registry.remove("tiny-zip", config)
 
 
@@ -157,4 +157,4 @@ def test_cli_models_commands(package, tmp_path, monkeypatch, capsys):
     assert main(["models", "show", "tiny-semantic"]) == 0
     assert main(["models", "remove", "tiny-semantic"]) == 0
     assert main(["models", "show", "tiny-semantic"]) == 1
-    assert "no model called" in capsys.readouterr().err
+    assert "no task or model called" in capsys.readouterr().err

@@ -125,7 +125,10 @@ def find_model(name: str, config=None) -> ModelRecord:
     if folder.is_dir() and _rdf_path(folder):
         return _record(folder)
     names = [r.name for r in list_models(config)]
-    raise ModelError(f"no model called {name!r} in {root}; installed: {', '.join(names) or 'none'} "
+    from dlcore.tasks import builtin_task_names
+
+    raise ModelError(f"no task or model called {name!r}; built-in tasks: {', '.join(builtin_task_names())}; "
+                     f"models installed in {root}: {', '.join(names) or 'none'} "
                      "(install one with `dlcore models install SOURCE`)")
 
 
