@@ -242,6 +242,9 @@ class Conn:
             return None  # outside the current group, as BlitzGateway without group -1
         return WRAPPERS[obj_type](self, obj)
 
+    def close(self, hard=True):
+        self.server.calls["Gateway.close"] += 1
+
     def getUpdateService(self):
         return UpdateService(self)
 
@@ -717,3 +720,15 @@ def import_slide(server: Server, slide, **kwargs) -> int:
     kwargs.setdefault("mpp", slide.info.mpp[0] if slide.info.mpp else None)
     kwargs.setdefault("channel_names", ["Red", "Green", "Blue"] if slide.info.is_rgb else None)
     return server.add_image(levels, **kwargs)
+
+
+def demo_levels(folder: Path, width: int = 1536, height: int = 1024) -> list[np.ndarray]:
+    """The pyramid of a synthetic demo slide (real IHC tissue), as written to and read from an OME-TIFF."""
+    from dlcore.demo import SyntheticSlideSpec, write_synthetic_slide
+    from dlcore.io import open_slide
+
+    slide = open_slide(write_synthetic_slide(Path(folder) / "demo.ome.tif", SyntheticSlideSpec(width=width, height=height)))
+    try:
+        return [slide.read_region(i, 0, 0, lv.width, lv.height) for i, lv in enumerate(slide.info.levels)]
+    finally:
+        slide.close()

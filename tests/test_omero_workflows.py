@@ -1,5 +1,4 @@
 """Runs on OMERO images against the in-process double: what is written, replaced, refused, cleaned up."""
-import io
 import json
 
 import numpy as np
@@ -8,23 +7,17 @@ from omero.model import FileAnnotationI, MapAnnotationI, TagAnnotationI
 from omero.rtypes import rstring
 
 from dlcore.config import Config
-from dlcore.demo import SyntheticSlideSpec, write_synthetic_slide
 from dlcore.errors import ModelError, OmeroError
-from dlcore.io import open_slide
 from dlcore.omero import annotations as ann
 from dlcore.omero.workflows import run_on_objects
-from omero_double import Server, import_slide
+from omero_double import Server, demo_levels
 
 TASK = "nuclei-classical"
 
 
 @pytest.fixture(scope="module")
 def demo_slide(tmp_path_factory):
-    path = write_synthetic_slide(tmp_path_factory.mktemp("slide") / "demo.ome.tif", SyntheticSlideSpec(width=1536, height=1024))
-    slide = open_slide(path)
-    levels = [slide.read_region(i, 0, 0, lv.width, lv.height) for i, lv in enumerate(slide.info.levels)]
-    slide.close()
-    return levels
+    return demo_levels(tmp_path_factory.mktemp("slide"))
 
 
 @pytest.fixture
