@@ -184,7 +184,7 @@ def test_bad_input_writes_nothing(omero, demo_slide):
         _run(conn, "Image", [ids["image"], 999])
     with pytest.raises(OmeroError, match=f"Dataset {ids['image'] + 100}: not found"):
         _run(conn, "Dataset", [ids["image"] + 100])
-    with pytest.raises(ModelError, match="no task or model called 'unet-nope'"):
+    with pytest.raises(ModelError, match="model called 'unet-nope'"):
         _run(conn, "Image", [ids["image"]], task="unet-nope")
     private = server.add_group("private", "rw----")
     carol = server.add_user("carol", [private])
