@@ -26,7 +26,7 @@ from dlcore.errors import OutputError
 from dlcore.io.sink import RunContext, RunOutputs, object_columns, object_row
 from dlcore.objects import ObjectRecord
 
-LABEL_FORMATS = ("ome-tiff", "ome-zarr")
+LABEL_FORMATS = ("ome-tiff", "ome-zarr", "none")  # "none": no label file (the OMERO sink writes its own)
 
 
 def slide_stem(name: str) -> str:
@@ -100,7 +100,9 @@ class LocalFolderSink:
         partial, final = self._partial, self._final
         written: dict[str, str] = {}
         mpp = self._context.working_mpp
-        if self.label_format == "ome-tiff":
+        if self.label_format == "none":
+            pass
+        elif self.label_format == "ome-tiff":
             outputs.labels.write_ome_tiff(partial / "labels.ome.tif", mpp=mpp, name=f"{self._context.run_key} labels")
             written["label image"] = "labels.ome.tif"
         else:

@@ -1,0 +1,16 @@
+"""The OMERO adapter: the only part of dlcore that imports ``omero``.
+
+- :mod:`~dlcore.omero.slide`: :class:`OmeroSlide`, a :class:`~dlcore.io.slide.Slide` read tile by tile
+  from OMERO's RawPixelsStore;
+- :mod:`~dlcore.omero.sink`: :class:`OmeroSink`, a :class:`~dlcore.io.sink.ResultSink` writing ROIs, a
+  label image, an OMERO.table, key-value pairs, tags and files back onto the image;
+- :mod:`~dlcore.omero.workflows`: :func:`run_on_objects`, the one call the scripts and ``omero dl`` make;
+- :mod:`~dlcore.omero.scripts`: the helpers the thin scripts in ``omero_scripts/Deep_Learning`` use.
+
+The adapter talks to OMERO through a narrow part of :class:`omero.gateway.BlitzGateway`:
+``getObject``, ``getUpdateService``, ``getQueryService``, ``getPixelsService``, ``deleteObjects``,
+``createFileAnnfromLocalFile``, ``SERVICE_OPTS``, ``c.sf.createRawPixelsStore`` and
+``c.sf.sharedResources``; on wrappers ``getId``, ``getName``, ``getPrimaryPixels``, ``getPixelSizeX/Y``,
+``getChannelLabels``, ``canAnnotate``, ``canLink``, ``getDetails().getGroup()``, ``listParents`` and
+``listChildren``.  The test double in ``tests/omero_double.py`` implements exactly these.
+"""

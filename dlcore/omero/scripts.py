@@ -1,0 +1,266 @@
+"""What the scripts in ``omero_scripts/Deep_Learning`` are made of, so each stays a declaration plus one call.
+
+OMERO executes a script file to read its parameters (parse mode), so this module imports nothing
+heavy at module level: ``omero.scripts``, ``dlcore`` and the built-in task classes (numpy) only; the
+engine, torch and the models load inside :func:`run_script`.
+
+Conventions: ``Data_Type`` and ``IDs`` first (OMERO.web and Insight fill them from the selection),
+then the task's parameters, then the run options.  Task parameters are built from the task
+dataclass's fields (:func:`task_params`), so their defaults never drift from the engine's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+
+import omero.scripts as scripts
+from omero.rtypes import rlong, rstring
+
+import dlcore
+from dlcore.errors import DlcoreError, ParameterError
+
+SCRIPT_INFO = {
+    "version": dlcore.__version__,
+    "authors": ["dlcore developers"],
+    "institutions": ["Histology core facility"],
+    "contact": "your OMERO administrator (the facility's image-analysis team)",
+}
+DATA_TYPES = ["Image", "Dataset", "Project"]
+
+#: For each built-in task field shown in a script: (what a biologist reads, advanced?)
+FIELD_HELP = {
+    "channel": "What to segment: 'hematoxylin' (nuclei in H&E/IHC), 'eosin', 'dab', or a channel number "
+               "(0 = first) for fluorescence or grey images",
+    "invert": "Objects are dark on a bright background (only for a channel number on a grey brightfield image)",
+    "sigma": "Smoothing before thresholding, in pixels (3 suits 0.25-0.5 µm/pixel)",
+    "threshold_method": "How the nuclei/background threshold is chosen (once per slide)",
+    "threshold": "A fixed threshold instead (leave empty to compute it per slide)",
+    "split_touching": "Split touching nuclei (watershed)",
+    "min_distance": "Smallest distance between two nuclei centres, in pixels",
+    "min_size": "Remove objects smaller than this many pixels",
+    "mpp": "Analyse at this pixel size in µm (empty: the image's own pixels)",
+    "tile_size": "Tile size in pixels (memory use; results do not depend on it)",
+    "halo": "Overlap between tiles in pixels (must exceed the largest nucleus radius)",
+}
+
+
+NAME_OVERRIDES = {"mpp": "Working_Pixel_Size_um"}
+
+
+def script_name(field: str) -> str:
+    """The script parameter name of a task field: ``min_size`` -> ``Min_Size``."""
+    if field in NAME_OVERRIDES:
+        return NAME_OVERRIDES[field]
+    return "_".join(part.capitalize() for part in field.split("_"))
+
+
+def target_params() -> list:
+    """``Data_Type`` and ``IDs``, the pair OMERO's clients fill from the selection."""
+    return [
+        scripts.String("Data_Type", optional=False, grouping="1", default="Image",
+                       values=[rstring(t) for t in DATA_TYPES],
+                       description="Analyse the selected Images, or every image in the selected Datasets or Projects"),
+        scripts.List("IDs", optional=False, grouping="2",
+                     description="IDs of the selected Images, Datasets or Projects").ofType(rlong(0)),
+    ]
+
+
+def run_option_params(grouping: int) -> list:
+    """Options every analysis script has: whole image, pixel size override, ROI cap."""
+    return [
+        scripts.Bool("Analyse_Whole_Image", grouping=f"{grouping}", default=False,
+                     description="Analyse the whole image instead of only the detected tissue"),
+        scripts.Float("Image_Pixel_Size_um", grouping=f"{grouping + 1}", min=0.01,
+                      description="Pixel size in µm for images that have none in OMERO (0.25 = 40x, 0.5 = 20x)"),
+        scripts.Int("Max_ROIs", grouping=f"{grouping + 2}", min=0, default=_default_roi_cap(),
+                    description="Most ROIs drawn per image (viewers slow down beyond a few thousand); "
+                                "every object is still in the label image and the measurement table"),
+    ]
+
+
+def _default_roi_cap() -> int:
+    try:
+        from dlcore.config import load_config
+
+        return load_config().roi_cap
+    except DlcoreError:
+        return 5000
+
+
+def available_tasks(config=None) -> list[str]:
+    """Built-in tasks and the models installed on this node (the registry), by name."""
+    from dlcore.tasks import builtin_task_names
+
+    names = list(builtin_task_names())
+    for model in _installed_models(config):
+        if model.name not in names:
+            names.append(model.name)
+    return names
+
+
+def _installed_models(config=None) -> list:
+    """The registry's models, or [] when the registry is not there or broken (scripts must still parse)."""
+    try:
+        from dlcore.config import load_config
+        from dlcore.models.registry import list_models
+
+        return list(list_models(config or load_config()))
+    except ImportError:
+        return []
+    except Exception as exc:  # a broken model folder must not hide the built-in tasks
+        print(f"warning: the model registry cannot be read: {exc}", file=sys.stderr)
+        return []
+
+
+def model_params(grouping: int) -> list:
+    """``Model`` (a choice among installed models) and ``Model_Parameters``."""
+    names = available_tasks()
+    return [
+        scripts.String("Model", optional=False, grouping=f"{grouping}", default=names[0],
+                       values=[rstring(n) for n in names],
+                       description="The model or pipeline to apply (see List_Models for what each does)"),
+        scripts.String("Model_Parameters", grouping=f"{grouping + 1}",
+                       description="Optional parameters as name=value, separated by commas, e.g. 'sigma=2, min_size=40'"),
+    ]
+
+
+def task_params(task_name: str, grouping: int) -> list:
+    """Script parameters for a built-in task's fields listed in :data:`FIELD_HELP`, defaults from the dataclass."""
+    from dlcore.tasks import task_parameters
+
+    params = []
+    fields = [f for name, f in task_parameters(task_name).items() if name in FIELD_HELP]
+    for index, field in enumerate(fields, 1):
+        kwargs = {"grouping": f"{grouping}.{index}", "description": FIELD_HELP[field.name]}
+        default = field.default if field.default is not dataclasses.MISSING else None
+        kind = str(field.type)
+        choices = re.findall(r"[\"']([^\"']+)[\"']", kind) if kind.startswith("Literal") else []
+        if default is not None:
+            kwargs["default"] = str(default) if "str" in kind or choices else default
+        if choices:
+            params.append(scripts.String(script_name(field.name), values=[rstring(c) for c in choices], **kwargs))
+        elif kind == "bool":
+            params.append(scripts.Bool(script_name(field.name), **kwargs))
+        elif kind == "int":
+            params.append(scripts.Int(script_name(field.name), min=0, **kwargs))
+        elif kind.startswith("float"):
+            params.append(scripts.Float(script_name(field.name), min=0.0, **kwargs))
+        else:
+            params.append(scripts.String(script_name(field.name), **kwargs))
+    return params
+
+
+def task_values(task_name: str, inputs: dict) -> dict:
+    """The task parameters given in a script's inputs, converted back to the dataclass's types."""
+    from dlcore.tasks import task_parameters
+
+    values = {}
+    for name, field in task_parameters(task_name).items():
+        key = script_name(name)
+        if key not in inputs or inputs[key] is None or name not in FIELD_HELP:
+            continue
+        value = inputs[key]
+        if "int" in str(field.type) and isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        values[name] = value
+    return values
+
+
+def parse_parameters(text: str | None) -> dict:
+    """``"sigma=2, min_size=40"`` -> ``{"sigma": 2, "min_size": 40}`` (values as JSON where they parse)."""
+    params = {}
+    for pair in filter(None, (p.strip() for p in (text or "").split(","))):
+        if "=" not in pair:
+            raise ParameterError(f"Model_Parameters: {pair!r} must look like name=value (e.g. sigma=2.5)")
+        key, raw = (s.strip() for s in pair.split("=", 1))
+        try:
+            params[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key.replace("-", "_")] = raw
+    return params
+
+
+def client(name: str, description: str, *params):
+    """``omero.scripts.client`` with dlcore's version, authors, contact and namespace."""
+    return scripts.client(name, description, *params, namespaces=["dlcore"], **SCRIPT_INFO)
+
+
+def connect_client(script_client):
+    """The BlitzGateway of a running script (its session is the calling user's)."""
+    from omero.gateway import BlitzGateway
+
+    return BlitzGateway(client_obj=script_client)
+
+
+def run_script(script_client, *, task: str | None = None, conn=None) -> str:
+    """The body of Run_Model (``task=None``: the ``Model`` input) and of single-task scripts.
+
+    Reads the inputs, runs :func:`dlcore.omero.workflows.run_on_objects`, prints the outcome and sets
+    the ``Message`` output (plus ``Label_Image`` and ``Overview`` links for the first image done).
+    Returns the message.
+    """
+    from omero.model import FileAnnotationI, ImageI
+    from omero.rtypes import robject
+
+    from dlcore.progress import LineProgress
+
+    inputs = script_client.getInputs(unwrap=True)
+    own_conn = conn is None
+    conn = conn or connect_client(script_client)
+    try:
+        from dlcore.omero.workflows import run_on_objects, summary_message
+
+        name = task or inputs.get("Model")
+        params = task_values(name, inputs) if task else parse_parameters(inputs.get("Model_Parameters"))
+        reports = run_on_objects(
+            conn, name, inputs.get("Data_Type", "Image"), inputs.get("IDs") or [], params,
+            detect_tissue=not inputs.get("Analyse_Whole_Image", False), mpp=inputs.get("Image_Pixel_Size_um"),
+            roi_cap=inputs.get("Max_ROIs"), progress=lambda label: LineProgress(label),
+        )
+        message = summary_message(reports)
+        done = [r for r in reports if r.ok]
+        if done and done[0].output_id("label image"):
+            script_client.setOutput("Label_Image", robject(ImageI(done[0].output_id("label image"), False)))
+        if done and done[0].output_id("overview"):
+            script_client.setOutput("Overview", robject(FileAnnotationI(done[0].output_id("overview"), False)))
+    except DlcoreError as exc:
+        message = f"Nothing was written: {exc}"
+    finally:
+        if own_conn:
+            conn.close(hard=False)
+    print(message)
+    script_client.setOutput("Message", rstring(message))
+    return message
+
+
+def models_text(config=None) -> str:
+    """What is installed on this node: built-in tasks with their parameters, then each model's card."""
+    from dlcore.tasks import builtin_task_class, builtin_task_names, task_parameters
+
+    lines = ["Built-in pipelines:"]
+    for name in builtin_task_names():
+        doc = (builtin_task_class(name).__doc__ or "").strip().splitlines()[0]
+        params = ", ".join(f"{k}={f.default!r}" for k, f in task_parameters(name).items()
+                           if f.default is not dataclasses.MISSING)
+        lines += [f"- {name}: {doc}", f"    parameters: {params}"]
+    models = _installed_models(config)
+    lines.append(f"\nInstalled models ({len(models)}):" if models else "\nNo models are installed on this node.")
+    for model in models:
+        lines.append(f"- {model.name}: {getattr(model, 'description', '')}")
+        card = getattr(model, "card_text", lambda: "")()
+        lines += [f"    {line}" for line in card.splitlines()]
+    return "\n".join(lines)
+
+
+def list_models_script(script_client) -> str:
+    """The body of List_Models: print the installed models and set the ``Message`` output."""
+    try:
+        text = models_text()
+    except DlcoreError as exc:
+        text = f"Cannot list the models: {exc}"
+    print(text)
+    script_client.setOutput("Message", rstring(text.splitlines()[0] + " (see the script's output for every card)"))
+    script_client.setOutput("Models", rstring(text))
+    return text

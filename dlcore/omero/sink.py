@@ -1,0 +1,235 @@
+"""Results of a run written back onto the OMERO image (:class:`OmeroSink`).
+
+What a run leaves on an image, all in the image's group and the namespace ``dlcore/<run key>``:
+
+- ROIs: one polygon per object, up to the ROI cap (:mod:`dlcore.omero.rois`), saved in batches of 500
+  while tiles stream;
+- an OMERO.table of every object's measurements, with ``Image`` and ``Roi`` columns (:mod:`~dlcore.omero.tables`);
+- a label image (uint32, working resolution) in the image's datasets (:mod:`~dlcore.omero.label_image`);
+- key-value pairs with the provenance and summary, tags for classification results, and attached files:
+  ``objects.geojson`` (QuPath), ``objects.csv``, ``overview.png``, ``provenance.json``.
+
+Nothing half-written stays behind: everything new is written first, unlinked where OMERO allows it
+(files, table, label image); a failure deletes what the run created (:meth:`OmeroSink.abort`).  Only
+when everything exists are the new objects linked in one call, and then the earlier run's results of
+the same run key are deleted.  Other runs' results and the user's annotations are never touched.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from dlcore.io.local_sink import LocalFolderSink
+from dlcore.io.sink import RunContext, RunOutputs
+from dlcore.objects import ObjectRecord
+from dlcore.omero import annotations as ann
+from dlcore.omero.label_image import LABEL_DESCRIPTION, create_label_image, dataset_links
+from dlcore.omero.rois import ROI_BATCH, RoiWriter, roi_marker
+from dlcore.omero.tables import TableWriter
+
+log = logging.getLogger(__name__)
+
+ATTACHED_FILES = {  # LocalFolderSink output name -> (mimetype, description)
+    "outlines": ("application/geo+json", "object outlines (GeoJSON; QuPath: File > Import objects)"),
+    "measurements": ("text/csv", "per-object measurements (CSV)"),
+    "overview": ("image/png", "overview: outlines drawn over the slide"),
+    "provenance": ("application/json", "provenance of the run (dlcore, task, parameters, timings)"),
+}
+
+
+@contextlib.contextmanager
+def in_group(conn, group_id: int):
+    """Run BlitzGateway calls that use ``conn.SERVICE_OPTS`` in ``group_id``, then restore it."""
+    before = conn.SERVICE_OPTS.getOmeroGroup()
+    conn.SERVICE_OPTS.setOmeroGroup(group_id)
+    try:
+        yield
+    finally:
+        conn.SERVICE_OPTS.setOmeroGroup(before)
+
+
+class OmeroSink:
+    """Writes one run's results onto one OMERO image (see the module docstring).
+
+    Parameters
+    ----------
+    conn
+        A connected BlitzGateway.
+    image_id, image_name
+        The analysed image.
+    group_id
+        The image's group: every new object is saved there.
+    dataset_ids
+        Datasets the label image goes into (those of the source image the user may link to).
+    roi_cap
+        Most ROIs written for this image and run.
+    """
+
+    def __init__(self, conn, image_id: int, *, image_name: str, group_id: int, dataset_ids: Sequence[int] = (),
+                 roi_cap: int = 5000) -> None:
+        self._conn = conn
+        self.image_id, self.image_name, self.group_id = int(image_id), image_name, int(group_id)
+        self.dataset_ids = list(dataset_ids)
+        self.roi_cap = roi_cap
+        self.context = {"omero.group": str(self.group_id)}
+        self.run_id = uuid.uuid4().hex[:12]
+        self._started = time.perf_counter()
+        self._created: dict[str, list[int]] = {"Roi": [], "Image": [], "Annotation": [], "OriginalFile": []}
+        self._committed = False
+        self._buffer: list[ObjectRecord] = []
+        self._scratch: Path | None = None
+        self._files = self._rois = self._table = self._run = None
+        self.cleanup_problem = ""
+
+    # -- streaming --------------------------------------------------------------------------------
+    def begin(self, context: RunContext) -> None:
+        self._run = context
+        self._scratch = Path(tempfile.mkdtemp(prefix="dlcore-omero-"))
+        self._files = LocalFolderSink(self._scratch, label_format="none")
+        self._files.begin(context)
+        update = self._conn.getUpdateService()
+        colors = dict(zip(context.class_names, context.class_colors)) if context.class_colors else {}
+        self._rois = RoiWriter(
+            image_id=self.image_id, marker=roi_marker(context.run_key, self.run_id), cap=self.roi_cap,
+            save=lambda batch: update.saveAndReturnArray(batch, self.context), colors=colors,
+            saved_ids=self._created["Roi"],
+        )
+        self._table = TableWriter(self._conn, f"dlcore_{context.run_key}_Image{self.image_id}.h5",
+                                  context.slide.channels, self.context)
+
+    def add_objects(self, objects: Sequence[ObjectRecord]) -> None:
+        self._files.add_objects(objects)
+        self._buffer.extend(objects)
+        if len(self._buffer) >= ROI_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._buffer = self._buffer, []
+        if batch:
+            roi_ids = self._rois.write(batch)
+            self._table.add(self.image_id, batch, roi_ids)
+            if self._table.file_id is not None and self._table.file_id not in self._created["OriginalFile"]:
+                self._created["OriginalFile"].append(self._table.file_id)
+
+    # -- finishing ------------------------------------------------------------------------------
+    def finish(self, outputs: RunOutputs) -> dict[str, str]:
+        run = self._run
+        self._flush()
+        self._table.ensure_created()
+        table_file = self._table.close()
+        if table_file not in self._created["OriginalFile"]:
+            self._created["OriginalFile"].append(table_file)
+        files = self._files.finish(outputs)
+        label_id = create_label_image(
+            self._conn, outputs.labels, name=f"{self.image_name} [{run.run_key} labels]",
+            description=f"{LABEL_DESCRIPTION}: {run.run_key} on Image:{self.image_id} (0 = background, n = object n)",
+            mpp=run.working_mpp, context=self.context, on_created=self._created["Image"].append,
+        )
+        uploaded = self._upload(files)
+        table_ann = ann.file_annotation(table_file, run.run_key, "per-object measurements (OMERO.table)")
+        extra = {
+            ann.RUN_ID_KEY: self.run_id,
+            ann.LABEL_IMAGE_KEY: f"Image:{label_id}",
+            "ROIs": self._rois.cap_note(),
+            "table": f"OriginalFile:{table_file} ({self._table.rows} rows)",
+            "run time s": f"{time.perf_counter() - self._started:.1f}",
+        }
+        map_ann = ann.map_annotation(run.run_key, ann.key_values(outputs.provenance, outputs.summary, extra))
+        earlier = ann.find_earlier_run(self._conn, self.image_id, run.run_key, keep_run_id=self.run_id,
+                                       context=self.context)
+        tags = [t for t in dict.fromkeys(outputs.tags) if t not in earlier.tag_links]
+        links = [ann.image_link(self.image_id, map_ann), ann.image_link(self.image_id, table_ann)]
+        links += [ann.image_link(self.image_id, _loaded_file_annotation(i)) for i in uploaded.values()]
+        links += [ann.image_link(self.image_id, ann.tag_for(self._conn, run.run_key, t, self.context)) for t in tags]
+        links += dataset_links(label_id, self.dataset_ids)
+        saved = self._conn.getUpdateService().saveAndReturnArray(links, self.context)
+        self._committed = True
+        map_id = int(saved[0].getChild().getId().getValue())
+        table_ann_id = int(saved[1].getChild().getId().getValue())
+        replaced = self._delete_earlier(earlier, keep_tags=set(outputs.tags))
+        shutil.rmtree(self._scratch, ignore_errors=True)
+        written = {
+            "ROIs": f"{len(self._rois.saved_ids)} ROIs on Image:{self.image_id}" + (
+                f" (cap {self.roi_cap}; {self._rois.skipped} more objects only in the label image and table)"
+                if self._rois.skipped else ""),
+            "label image": f"Image:{label_id}",
+            "table": f"FileAnnotation:{table_ann_id}",
+            "key-value pairs": f"MapAnnotation:{map_id}",
+            **{name: f"FileAnnotation:{i}" for name, i in uploaded.items()},
+        }
+        if outputs.tags:
+            written["tags"] = ", ".join(outputs.tags)
+        if replaced:
+            written["replaced"] = replaced
+        return written
+
+    def _upload(self, files: dict[str, str]) -> dict[str, int]:
+        """Upload the attached files as unlinked FileAnnotations; return name -> annotation id."""
+        ns = ann.namespace(self._run.run_key)
+        uploaded = {}
+        with in_group(self._conn, self.group_id):
+            for name, (mimetype, description) in ATTACHED_FILES.items():
+                if name not in files:
+                    continue
+                fa = self._conn.createFileAnnfromLocalFile(files[name], mimetype=mimetype, ns=ns, desc=description)
+                uploaded[name] = int(fa.getId())
+                self._created["Annotation"].append(uploaded[name])
+        return uploaded
+
+    def _delete_earlier(self, earlier: ann.EarlierRun, *, keep_tags: set[str]) -> str:
+        """Delete the earlier run's results; return a note of what was replaced ('' when nothing)."""
+        stale_tag_links = [link for tag, link in earlier.tag_links.items() if tag not in keep_tags]
+        targets = [("Roi", earlier.roi_ids), ("Annotation", earlier.annotation_ids),
+                   ("ImageAnnotationLink", stale_tag_links), ("Image", earlier.label_image_ids)]
+        done = []
+        for graph, ids in targets:
+            if not ids:
+                continue
+            try:
+                with in_group(self._conn, self.group_id):
+                    self._conn.deleteObjects(graph, list(ids), wait=True)
+                done.append(f"{len(ids)} {graph}")
+            except Exception as exc:  # the new results are complete; say what is left over
+                log.warning("Image:%s: deleting the earlier %s of %s failed: %s", self.image_id, graph,
+                            self._run.run_key, exc)
+                done.append(f"{len(ids)} {graph} NOT deleted ({exc}); delete them by hand")
+        return ", ".join(done)
+
+    def abort(self) -> None:
+        """Delete everything this run created (nothing, once the results were linked)."""
+        if self._files is not None:
+            self._files.abort()
+        if self._table is not None:
+            with contextlib.suppress(Exception):
+                self._table.discard()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+        if self._committed:
+            return
+        failures = []
+        for graph in ("Roi", "Annotation", "OriginalFile", "Image"):
+            ids = [i for i in self._created[graph] if i is not None]
+            if not ids:
+                continue
+            try:
+                with in_group(self._conn, self.group_id):
+                    self._conn.deleteObjects(graph, ids, wait=True)
+                self._created[graph].clear()
+            except Exception as exc:
+                failures.append(f"{graph} {ids}: {exc}")
+        if failures:  # reported by the workflow next to the run's own error, which must not be hidden
+            self.cleanup_problem = ("cleaning up the partial results failed too; delete these by hand: "
+                                    + "; ".join(failures))
+            log.error("Image:%s: %s", self.image_id, self.cleanup_problem)
+
+
+def _loaded_file_annotation(annotation_id: int):
+    from omero.model import FileAnnotationI
+
+    return FileAnnotationI(annotation_id, False)

@@ -1,0 +1,107 @@
+"""The per-object measurement table as an OMERO.table, written in batches while tiles stream.
+
+Columns: ``Image`` (ImageColumn), ``Roi`` (RoiColumn, -1 for objects beyond the ROI cap), then the
+columns of :func:`dlcore.io.sink.object_columns` (the same as the local ``objects.csv``): integers as
+LongColumn, the class as a StringColumn, the rest as DoubleColumn (NaN where unknown).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from dlcore.io.sink import object_columns, object_row
+from dlcore.objects import ObjectRecord
+
+LONG_COLUMNS = {"id", "area_px"}
+STRING_COLUMNS = {"class": 64}
+
+
+def _columns(names: Sequence[str]) -> list:
+    from omero.grid import DoubleColumn, ImageColumn, LongColumn, RoiColumn, StringColumn
+
+    cols = [ImageColumn("Image", "the analysed image", []), RoiColumn("Roi", "the object's ROI (-1: none, cap)", [])]
+    for name in names:
+        if name in LONG_COLUMNS:
+            cols.append(LongColumn(name, "", []))
+        elif name in STRING_COLUMNS:
+            cols.append(StringColumn(name, "", STRING_COLUMNS[name], []))
+        else:
+            cols.append(DoubleColumn(name, "level-0 pixels unless named otherwise", []))
+    return cols
+
+
+def _cell(name: str, value):
+    if name in LONG_COLUMNS:
+        return int(value)
+    if name in STRING_COLUMNS:
+        return str(value)[:STRING_COLUMNS[name]]
+    return math.nan if value in ("", None) else float(value)
+
+
+class TableWriter:
+    """An OMERO.table created on the first rows, in the group of ``context``.
+
+    Parameters
+    ----------
+    conn
+        The BlitzGateway.
+    name
+        The table file's name.
+    channels
+        Channel names (one ``mean_<channel>`` column each).
+    context
+        Ice call context naming the group (``{"omero.group": "<id>"}``).
+    """
+
+    def __init__(self, conn, name: str, channels: Sequence[str], context: dict) -> None:
+        self._conn, self.name, self._context = conn, name, context
+        self._names = object_columns(channels)
+        self._table = None
+        self.file_id: int | None = None
+        self.rows = 0
+
+    def _open(self) -> None:
+        resources = self._conn.c.sf.sharedResources()
+        repo_id = resources.repositories().descriptions[0].getId().getValue()
+        self._table = resources.newTable(repo_id, self.name, self._context)
+        if self._table is None:
+            from dlcore.errors import OmeroError
+
+            raise OmeroError("OMERO.tables is not available on this server; ask your OMERO admin to enable the Tables service")
+        self.file_id = int(self._table.getOriginalFile().getId().getValue())
+        self._table.initialize(_columns(self._names))
+
+    def add(self, image_id: int, objects: Sequence[ObjectRecord], roi_ids: Sequence[int]) -> None:
+        """Append one row per object."""
+        if not objects:
+            return
+        if self._table is None:
+            self._open()
+        cols = _columns(self._names)
+        cols[0].values = [image_id] * len(objects)
+        cols[1].values = [int(r) for r in roi_ids]
+        rows = [object_row(o) for o in objects]
+        for index, name in enumerate(self._names):
+            cols[index + 2].values = [_cell(name, row[index]) for row in rows]
+        self._table.addData(cols)
+        self.rows += len(objects)
+
+    def ensure_created(self) -> None:
+        """Create the (empty) table when no object was found, so every run has one."""
+        if self._table is None:
+            self._open()
+
+    def close(self) -> int | None:
+        """Close the table; return its OriginalFile id."""
+        if self._table is not None:
+            self._table.close()
+            self._table = None
+        return self.file_id
+
+    def discard(self) -> None:
+        """Close the table without keeping it (its file is deleted by the sink's clean-up)."""
+        if self._table is not None:
+            try:
+                self._table.close()
+            finally:
+                self._table = None

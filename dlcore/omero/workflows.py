@@ -1,0 +1,230 @@
+"""Running a task or model on OMERO Images, Datasets or Projects: the one call scripts and ``omero dl`` make.
+
+:func:`run_on_objects` checks everything it can before any work (the task or model exists and its
+parameters are valid, every id names an object the user can see, there are images), then analyses
+each image in turn: permission check, :class:`~dlcore.omero.slide.OmeroSlide` →
+:func:`dlcore.workflows.analyse_slide` → :class:`~dlcore.omero.sink.OmeroSink`.  One image failing
+(no tissue, unsupported pixels, not allowed to annotate) does not stop the others; its report says
+why, and nothing was written for it.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from dlcore.errors import DlcoreError, OmeroError, ParameterError
+
+log = logging.getLogger(__name__)
+
+DATA_TYPES = ("Image", "Dataset", "Project")
+
+
+@dataclass(frozen=True)
+class ImageReport:
+    """The outcome of a run on one image: what a person reads in the script's Message."""
+
+    image_id: int
+    name: str
+    ok: bool
+    message: str
+    summary: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+
+    def output_id(self, name: str) -> int | None:
+        """The id in an output like ``"Image:12"`` (``name`` = "label image", "overview", ...)."""
+        value = self.outputs.get(name, "")
+        if ":" not in value:
+            return None
+        return int(value.split(":", 1)[1].split()[0])
+
+
+def _parse_ids(ids: Sequence) -> list[int]:
+    if not ids:
+        raise ParameterError("no IDs given: select images, datasets or projects, or give IDs (e.g. IDs=1,2)")
+    out = []
+    for value in ids:
+        try:
+            out.append(int(value))
+        except (TypeError, ValueError):
+            raise ParameterError(f"ID {value!r} is not a number; give OMERO ids such as 123") from None
+    return list(dict.fromkeys(out))
+
+
+def resolve_images(conn, data_type: str, ids: Sequence) -> list:
+    """The images of the selected objects (datasets and projects expanded), without duplicates.
+
+    Raises :class:`OmeroError` naming every id that does not exist or the user cannot see (reads use
+    group context -1, so images of all the user's groups count), and when no image is left.
+    """
+    if data_type not in DATA_TYPES:
+        raise ParameterError(f"Data_Type {data_type!r} is not one of {', '.join(DATA_TYPES)}")
+    ids = _parse_ids(ids)
+    conn.SERVICE_OPTS.setOmeroGroup(-1)
+    objects, missing = [], []
+    for oid in ids:
+        obj = conn.getObject(data_type, oid)
+        (objects.append(obj) if obj is not None else missing.append(oid))
+    if missing:
+        others = " or ".join(t for t in DATA_TYPES if t != data_type)
+        raise OmeroError(
+            f"{data_type} {', '.join(map(str, missing))}: not found, or you are not allowed to see "
+            f"{'it' if len(missing) == 1 else 'them'}; check the IDs, and that Data_Type is right "
+            f"(are they {others} IDs?). Nothing was written"
+        )
+    images: dict[int, object] = {}
+    for obj in objects:
+        for image in _images_of(obj, data_type):
+            images.setdefault(int(image.getId()), image)
+    if not images:
+        where = ", ".join(f"{data_type}:{int(o.getId())}" for o in objects)
+        raise OmeroError(f"{where} contains no images; select a dataset or project that holds images")
+    return list(images.values())
+
+
+def _images_of(obj, data_type: str):
+    if data_type == "Image":
+        return [obj]
+    from dlcore.omero.label_image import is_label_image
+
+    datasets = [obj] if data_type == "Dataset" else obj.listChildren()
+    return [image for dataset in datasets for image in dataset.listChildren()
+            if not is_label_image(image.getDescription())]
+
+
+def run_on_objects(
+    conn,
+    task_name: str,
+    data_type: str,
+    ids: Sequence,
+    params: dict | None = None,
+    *,
+    detect_tissue: bool = True,
+    mpp: float | None = None,
+    roi_cap: int | None = None,
+    config=None,
+    progress: Callable[[str], Callable[[str, int, int], None]] | None = None,
+) -> list[ImageReport]:
+    """Run ``task_name`` (a built-in task or an installed model) on the selected OMERO objects.
+
+    Parameters
+    ----------
+    conn
+        A connected BlitzGateway (from a script's client, ``omero dl`` or :func:`~dlcore.omero.connection.connect`).
+    task_name, params
+        The task or model and its parameters (checked before any image is touched).
+    data_type, ids
+        ``"Image"``, ``"Dataset"`` or ``"Project"`` and their ids.
+    detect_tissue
+        Restrict the analysis to detected tissue (False: the whole image).
+    mpp
+        Level-0 pixel size in µm for images that have none in OMERO.
+    roi_cap
+        Most ROIs per image (default: the configuration's ``roi_cap``).
+    config
+        dlcore's configuration (default: :func:`dlcore.config.load_config`, the node's file).
+    progress
+        ``progress(image_label)`` returns the progress callback for that image.
+
+    Returns
+    -------
+    One :class:`ImageReport` per image, in order.
+
+    Raises
+    ------
+    DlcoreError
+        Before anything is written: unknown task or model, bad parameters, bad ids, no images.
+    """
+    from dlcore.config import load_config
+    from dlcore.tasks import resolve_task
+    from dlcore.workflows import RunOptions
+
+    config = config or load_config()
+    task = resolve_task(task_name, params or {}, config=config)
+    images = resolve_images(conn, data_type, ids)
+    options = RunOptions(mpp=mpp, detect_tissue=detect_tissue, reader_threads=config.reader_threads,
+                         work_dir=config.work_dir)
+    cap = config.roi_cap if roi_cap is None else roi_cap
+    reports = []
+    for index, image in enumerate(images, 1):
+        label = f"Image:{int(image.getId())}"
+        log.info("[%d/%d] %s %s: %s", index, len(images), label, image.getName(), task.name)
+        callback = progress(f"[{index}/{len(images)}] {label} ") if progress else None
+        reports.append(run_on_image(conn, image, task, options=options, roi_cap=cap, progress=callback))
+    return reports
+
+
+def run_on_image(conn, image, task, *, options, roi_cap: int, progress=None) -> ImageReport:
+    """Analyse one image and write its results onto it; never raises for a failed image."""
+    from dlcore.omero.sink import OmeroSink
+    from dlcore.omero.slide import OmeroSlide
+    from dlcore.workflows import analyse_slide
+
+    image_id, name = int(image.getId()), image.getName()
+    label = f"Image:{image_id} {name}"
+    if not image.canAnnotate():
+        return ImageReport(image_id, name, False, (
+            f"✗ {label}: you are not allowed to add annotations to this image (it belongs to someone else "
+            "in a read-only or private group), so dlcore cannot write results onto it. Nothing was written. "
+            "Ask the image's owner to run the analysis, or copy the image into a group where you can annotate."
+        ))
+    group_id = int(image.getDetails().getGroup().getId())
+    datasets = [int(p.getId()) for p in image.listParents() if p.OMERO_CLASS == "Dataset" and p.canLink()]
+    sink = slide = None
+    try:
+        slide = OmeroSlide(conn, image)
+        sink = OmeroSink(conn, image_id, image_name=name, group_id=group_id, dataset_ids=datasets, roi_cap=roi_cap)
+        result = analyse_slide(slide, task, sink, options=options, progress=progress)
+    except DlcoreError as exc:
+        return ImageReport(image_id, name, False, _failure(label, str(exc), sink))
+    except Exception as exc:  # a server error on one image must not lose the others' results
+        log.exception("%s failed", label)
+        return ImageReport(image_id, name, False, _failure(label, f"{type(exc).__name__}: {_server_message(exc)}", sink))
+    finally:
+        if slide is not None:
+            slide.close()
+    return ImageReport(image_id, name, True, _success(label, result, datasets), result.summary, result.outputs)
+
+
+def _server_message(exc: Exception) -> str:
+    """The readable part of an OMERO server exception (its ``message`` field), else str()."""
+    return str(getattr(exc, "message", "") or exc).strip()
+
+
+def _failure(label: str, problem: str, sink) -> str:
+    cleanup = getattr(sink, "cleanup_problem", "")
+    tail = f" The run's partial results could not all be removed: {cleanup}" if cleanup else " Nothing was written."
+    return f"✗ {label}: {problem}.{tail}"
+
+
+def _success(label: str, result, datasets: list[int]) -> str:
+    s, out = result.summary, result.outputs
+    if "objects" in s:
+        found = f"{s['objects']} objects"
+    else:
+        found = ", ".join(f"{k} {v} mm²" for k, v in s.get("class_area_mm2", {}).items()) or "classes mapped"
+    tissue = f"{s['tissue_area_mm2']} mm² tissue" if s.get("tissue_area_mm2") is not None else f"{s['tissue_fraction']:.0%} tissue"
+    where = (f"in Dataset {', '.join(map(str, datasets))}" if datasets
+             else "not in a dataset (find it under Orphaned Images)")
+    parts = [
+        f"✓ {label}: {found}, {tissue}.",
+        f"  ROIs: {out.get('ROIs', '')}",
+        f"  label image: {out.get('label image', '')} {where}",
+        f"  table: {out.get('table', '')}; key-value pairs: {out.get('key-value pairs', '')}",
+        "  files: " + ", ".join(f"{k} {v}" for k, v in out.items()
+                                if k in ("outlines", "measurements", "overview", "provenance")),
+    ]
+    if out.get("tags"):
+        parts.append(f"  tags: {out['tags']}")
+    if out.get("replaced"):
+        parts.append(f"  replaced the earlier run's results: {out['replaced']}")
+    return "\n".join(parts)
+
+
+def summary_message(reports: Sequence[ImageReport]) -> str:
+    """The script's Message: one block per image, then a count line first."""
+    ok = sum(r.ok for r in reports)
+    head = f"{ok} of {len(reports)} image{'s' if len(reports) != 1 else ''} analysed"
+    if ok < len(reports):
+        head += f", {len(reports) - ok} failed (see below)"
+    return "\n".join([head, *(r.message for r in reports)])

@@ -1,0 +1,734 @@
+"""An in-process OMERO for the tests: real ``omero.model`` objects with OMERO's semantics, no server.
+
+It implements exactly the part of BlitzGateway and the OMERO services that :mod:`dlcore.omero`
+uses (listed in that package's docstring), with the behaviour the adapter must cope with:
+
+- ids are assigned on save (per table: annotations share one id space, shapes another);
+- every save names its group in the call context; ``-1`` is refused, links across groups are refused,
+  and so are ROIs or annotation links on images the user may not annotate (OMERO's permissions:
+  ``rw----`` private, ``rwr---`` read-only, ``rwra--`` read-annotate, ``rwrw--`` read-write);
+- other users' objects in a private group are invisible;
+- the RawPixelsStore numbers resolution levels the OMERO way round (``levels - 1`` is full
+  resolution, descriptions largest first), has a tile size per level, returns big-endian bytes one
+  channel at a time, and counts as open until closed;
+- deleting cascades like OMERO's Delete2 for the graphs dlcore deletes.
+
+Every service call is counted in :attr:`Server.calls` (``"Service.method"``), which the
+server-call benchmark reads.  dlcore never imports this module.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import omero
+import omero.api
+import omero.grid
+from omero.gateway import ServiceOptsDict
+from omero.model import (
+    DatasetI, DatasetImageLinkI, ExperimenterGroupI, ExperimenterI, FileAnnotationI, ImageAnnotationLinkI, ImageI,
+    LengthI, MapAnnotationI, OriginalFileI, PermissionsI, PixelsI, PixelsTypeI, ProjectDatasetLinkI, ProjectI, RoiI,
+    TagAnnotationI,
+)
+from omero.model.enums import UnitsLength
+from omero.rtypes import rint, rlong, rstring
+
+from dlcore.omero.annotations import Q_RUN_LINKS, Q_RUN_ROIS, Q_TAG
+from dlcore.omero.label_image import Q_IMAGE_PIXELS, Q_PIXELS_TYPE
+
+ANNOTATE = {"rwra--", "rwrw--"}  # group permissions that let members annotate each other's data
+READ = {"rwr---", "rwra--", "rwrw--"}
+BIG_ENDIAN = {"int8": ">i1", "uint8": ">u1", "int16": ">i2", "uint16": ">u2", "int32": ">i4", "uint32": ">u4",
+              "float": ">f4", "double": ">f8", "bit": ">u1"}
+
+
+def _table(obj) -> str:
+    """The id space of a model object (OMERO assigns ids per table)."""
+    name = type(obj).__name__.removesuffix("I")
+    if name.endswith("Annotation"):
+        return "Annotation"
+    if name in ("Polygon", "Rectangle", "Point", "Mask", "Ellipse", "Line", "Polyline", "Label"):
+        return "Shape"
+    return name
+
+
+def _counted(service: str):
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(self, *args, **kwargs):
+            self.server.calls[f"{service}.{fn.__name__}"] += 1
+            return fn(self, *args, **kwargs)
+        return inner
+    return wrap
+
+
+def _val(x):
+    return x.getValue() if hasattr(x, "getValue") else x
+
+
+class Server:
+    """The whole fake installation: users, groups, objects, pixel data, files, tables."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, int], object] = {}
+        self._ids: dict[str, itertools.count] = defaultdict(lambda: itertools.count(1))
+        self.pixels: dict[int, list[np.ndarray]] = {}  # pixels id -> levels, full resolution first, (Y, X, C)
+        self.tile_sizes: dict[int, list[tuple[int, int]]] = {}
+        self.file_bytes: dict[int, bytes] = {}
+        self.tables: dict[int, dict] = {}  # OriginalFile id -> {"columns": [...], "values": {name: []}}
+        self.calls: Counter = Counter()
+        self.open_stores: set = set()
+        self.members: dict[int, set[int]] = defaultdict(set)  # group id -> user ids
+
+    # -- setting up -------------------------------------------------------------------------------
+    def new_id(self, table: str) -> int:
+        return next(self._ids[table])
+
+    def store(self, obj, *, owner: int, group: int):
+        table = _table(obj)
+        obj.setId(rlong(self.new_id(table)))
+        details = obj.getDetails()
+        details.setOwner(ExperimenterI(owner, False))
+        details.setGroup(ExperimenterGroupI(group, False))
+        perms = self.objects[("ExperimenterGroup", group)].getDetails().getPermissions() if table != "ExperimenterGroup" else None
+        if perms is not None:
+            details.setPermissions(PermissionsI(str(perms)))
+        self.objects[(table, obj.getId().getValue())] = obj
+        return obj
+
+    def add_group(self, name: str, perms: str = "rwra--") -> int:
+        group = ExperimenterGroupI()
+        group.setName(rstring(name))
+        group.setId(rlong(self.new_id("ExperimenterGroup")))
+        group.getDetails().setPermissions(PermissionsI(perms))
+        self.objects[("ExperimenterGroup", group.getId().getValue())] = group
+        return group.getId().getValue()
+
+    def add_user(self, name: str, groups: list[int]) -> int:
+        user = ExperimenterI()
+        user.setOmeName(rstring(name))
+        user.setId(rlong(self.new_id("Experimenter")))
+        self.objects[("Experimenter", user.getId().getValue())] = user
+        for g in groups:
+            self.members[g].add(user.getId().getValue())
+        return user.getId().getValue()
+
+    def connect(self, user: int, group: int) -> "Conn":
+        return Conn(self, user, group)
+
+    def add_project(self, name: str, *, owner: int, group: int) -> int:
+        project = ProjectI()
+        project.setName(rstring(name))
+        return self.store(project, owner=owner, group=group).getId().getValue()
+
+    def add_dataset(self, name: str, *, owner: int, group: int, project: int | None = None) -> int:
+        dataset = DatasetI()
+        dataset.setName(rstring(name))
+        did = self.store(dataset, owner=owner, group=group).getId().getValue()
+        if project is not None:
+            link = ProjectDatasetLinkI()
+            link.setParent(ProjectI(project, False))
+            link.setChild(DatasetI(did, False))
+            self.store(link, owner=owner, group=group)
+        return did
+
+    def add_image(self, levels: list[np.ndarray], *, name: str, owner: int, group: int, dataset: int | None = None,
+                  mpp: float | None = 0.5, mpp_unit=UnitsLength.MICROMETER, tile: tuple[int, int] = (256, 256),
+                  pixels_type: str | None = None, channel_names: list[str] | None = None, size_z: int = 1) -> int:
+        """Store an image from its pyramid (list of ``(Y, X, C)`` arrays, full resolution first)."""
+        base = levels[0]
+        image = ImageI()
+        image.setName(rstring(name))
+        self.store(image, owner=owner, group=group)
+        pixels = PixelsI()
+        pixels.setSizeX(rint(base.shape[1]))
+        pixels.setSizeY(rint(base.shape[0]))
+        pixels.setSizeC(rint(base.shape[2]))
+        pixels.setSizeZ(rint(size_z))
+        pixels.setSizeT(rint(1))
+        ptype = PixelsTypeI()
+        ptype.setValue(rstring(pixels_type or base.dtype.name.replace("float64", "double").replace("float32", "float")))
+        pixels.setPixelsType(ptype)
+        if mpp is not None:
+            pixels.setPhysicalSizeX(LengthI(mpp, mpp_unit))
+            pixels.setPhysicalSizeY(LengthI(mpp, mpp_unit))
+        pixels.setImage(image)
+        self.store(pixels, owner=owner, group=group)
+        image.addPixels(pixels)
+        self.pixels[pixels.getId().getValue()] = [np.asarray(a) for a in levels]
+        self.tile_sizes[pixels.getId().getValue()] = [tile] * len(levels)
+        self.channel_names = getattr(self, "channel_names", {})
+        self.channel_names[image.getId().getValue()] = channel_names
+        if dataset is not None:
+            link = DatasetImageLinkI()
+            link.setParent(DatasetI(dataset, False))
+            link.setChild(ImageI(image.getId().getValue(), False))
+            self.store(link, owner=owner, group=group)
+        return image.getId().getValue()
+
+    # -- reading the state back -------------------------------------------------------------------
+    def all(self, table: str, cls=None) -> list:
+        return [o for (t, _), o in sorted(self.objects.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+                if t == table and (cls is None or isinstance(o, cls))]
+
+    def get(self, table: str, oid: int):
+        return self.objects.get((table, int(oid)))
+
+    def rois_of(self, image_id: int) -> list:
+        return [r for r in self.all("Roi") if r.getImage().getId().getValue() == image_id]
+
+    def annotations_of(self, image_id: int, cls=None) -> list:
+        anns = [self.get("Annotation", link.getChild().getId().getValue()) for link in self.all("ImageAnnotationLink")
+                if link.getParent().getId().getValue() == image_id]
+        return [a for a in anns if cls is None or isinstance(a, cls)]
+
+    def images_in(self, dataset_id: int) -> list[int]:
+        return [link.getChild().getId().getValue() for link in self.all("DatasetImageLink")
+                if link.getParent().getId().getValue() == dataset_id]
+
+    def pixels_of(self, image_id: int) -> int:
+        return next(p.getId().getValue() for p in self.all("Pixels") if p.getImage().getId().getValue() == image_id)
+
+    # -- permissions ------------------------------------------------------------------------------
+    def group_perms(self, group: int) -> str:
+        return str(self.objects[("ExperimenterGroup", group)].getDetails().getPermissions())
+
+    def owner_group(self, obj) -> tuple[int, int]:
+        details = obj.getDetails()
+        return details.getOwner().getId().getValue(), details.getGroup().getId().getValue()
+
+    def can_see(self, user: int, obj) -> bool:
+        owner, group = self.owner_group(obj)
+        return user in self.members[group] and (owner == user or self.group_perms(group) in READ)
+
+    def can_annotate(self, user: int, obj) -> bool:
+        owner, group = self.owner_group(obj)
+        return self.can_see(user, obj) and (owner == user or self.group_perms(group) in ANNOTATE)
+
+    def can_link(self, user: int, obj) -> bool:
+        owner, group = self.owner_group(obj)
+        return self.can_see(user, obj) and (owner == user or self.group_perms(group) == "rwrw--")
+
+
+# -- BlitzGateway-like connection and wrappers ------------------------------------------------------
+class Conn:
+    """What dlcore uses of :class:`omero.gateway.BlitzGateway`."""
+
+    def __init__(self, server: Server, user: int, group: int) -> None:
+        self.server, self.user, self.group = server, user, group
+        self.SERVICE_OPTS = ServiceOptsDict()
+        self.SERVICE_OPTS.setOmeroGroup(group)
+        self.c = _Client(self)
+
+    def save_group(self, ctx) -> int:
+        group = (ctx or {}).get("omero.group") if isinstance(ctx, dict) else None
+        group = int(group if group is not None else self.SERVICE_OPTS.getOmeroGroup() or self.group)
+        if group == -1:
+            raise omero.SecurityViolation(None, None, "cannot save objects with omero.group=-1: name the group")
+        if self.user not in self.server.members[group]:
+            raise omero.SecurityViolation(None, None, f"user {self.user} is not a member of group {group}")
+        return group
+
+    def getObject(self, obj_type: str, oid: int):
+        self.server.calls["Gateway.getObject"] += 1
+        obj = self.server.get(obj_type, int(oid))
+        if obj is None or not self.server.can_see(self.user, obj):
+            return None
+        group = int(self.SERVICE_OPTS.getOmeroGroup() or self.group)
+        if group != -1 and self.server.owner_group(obj)[1] != group:
+            return None  # outside the current group, as BlitzGateway without group -1
+        return WRAPPERS[obj_type](self, obj)
+
+    def close(self, hard=True):
+        self.server.calls["Gateway.close"] += 1
+
+    def getUpdateService(self):
+        return UpdateService(self)
+
+    def getQueryService(self):
+        return QueryService(self)
+
+    def getPixelsService(self):
+        return PixelsService(self)
+
+    def deleteObjects(self, graph_spec, obj_ids, deleteAnns=False, deleteChildren=False, dryRun=False, wait=False):
+        self.server.calls["Gateway.deleteObjects"] += 1
+        for oid in obj_ids:
+            obj = self.server.get(_graph_table(graph_spec), oid)
+            if obj is None:
+                raise omero.CmdError(None, f"{graph_spec}:{oid} does not exist")
+            if self.server.owner_group(obj)[0] != self.user:
+                raise omero.SecurityViolation(None, None, f"{graph_spec}:{oid} belongs to someone else")
+        for oid in obj_ids:
+            _delete(self.server, _graph_table(graph_spec), int(oid))
+
+    def createFileAnnfromLocalFile(self, localPath, origFilePathAndName=None, mimetype=None, ns=None, desc=None):
+        self.server.calls["Gateway.createFileAnnfromLocalFile"] += 1
+        group = self.save_group(None)
+        data = Path(localPath).read_bytes()
+        ofile = OriginalFileI()
+        ofile.setName(rstring(Path(localPath).name))
+        ofile.setPath(rstring("dlcore/"))
+        ofile.setSize(rlong(len(data)))
+        ofile.setMimetype(rstring(mimetype or "application/octet-stream"))
+        self.server.store(ofile, owner=self.user, group=group)
+        self.server.file_bytes[ofile.getId().getValue()] = data
+        fa = FileAnnotationI()
+        fa.setFile(ofile)
+        fa.setNs(rstring(ns) if ns else None)
+        fa.setDescription(rstring(desc) if desc else None)
+        self.server.store(fa, owner=self.user, group=group)
+        return Wrapper(self, fa)
+
+
+class _Client:
+    def __init__(self, conn: Conn) -> None:
+        self.sf = _Session(conn)
+
+
+class _Session:
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def createRawPixelsStore(self):
+        self.conn.server.calls["Session.createRawPixelsStore"] += 1
+        return RawPixelsStore(self.conn)
+
+    def sharedResources(self):
+        return SharedResources(self.conn)
+
+
+class Wrapper:
+    """The BlitzObjectWrapper methods dlcore calls."""
+
+    OMERO_CLASS = ""
+
+    def __init__(self, conn: Conn, obj) -> None:
+        self._conn, self._obj = conn, obj
+
+    def getId(self) -> int:
+        return self._obj.getId().getValue()
+
+    def getName(self) -> str:
+        return self._obj.getName().getValue()
+
+    def getDescription(self) -> str:
+        value = getattr(self._obj, "getDescription", lambda: None)()
+        return value.getValue() if value is not None else ""
+
+    def getDetails(self):
+        return _Details(self._obj)
+
+    def canAnnotate(self) -> bool:
+        return self._conn.server.can_annotate(self._conn.user, self._obj)
+
+    def canLink(self) -> bool:
+        return self._conn.server.can_link(self._conn.user, self._obj)
+
+    def _linked(self, link_table: str, *, parent_id=None, child_id=None, want: str):
+        server = self._conn.server
+        out = []
+        for link in server.all(link_table):
+            if parent_id is not None and link.getParent().getId().getValue() == parent_id:
+                obj = server.get(want, link.getChild().getId().getValue())
+            elif child_id is not None and link.getChild().getId().getValue() == child_id:
+                obj = server.get(want, link.getParent().getId().getValue())
+            else:
+                continue
+            if obj is not None and server.can_see(self._conn.user, obj):
+                out.append(WRAPPERS[want](self._conn, obj))
+        return out
+
+
+class _Details:
+    def __init__(self, obj) -> None:
+        self._obj = obj
+
+    def getGroup(self):
+        return _IdHolder(self._obj.getDetails().getGroup().getId().getValue())
+
+    def getOwner(self):
+        return _IdHolder(self._obj.getDetails().getOwner().getId().getValue())
+
+
+class _IdHolder:
+    def __init__(self, oid: int) -> None:
+        self._id = oid
+
+    def getId(self) -> int:
+        return self._id
+
+
+class ProjectWrapper(Wrapper):
+    OMERO_CLASS = "Project"
+
+    def listChildren(self):
+        return self._linked("ProjectDatasetLink", parent_id=self.getId(), want="Dataset")
+
+
+class DatasetWrapper(Wrapper):
+    OMERO_CLASS = "Dataset"
+
+    def listChildren(self):
+        return self._linked("DatasetImageLink", parent_id=self.getId(), want="Image")
+
+
+class PixelsWrapper(Wrapper):
+    OMERO_CLASS = "Pixels"
+
+    def __getattr__(self, name):  # getSizeX() ... getSizeT()
+        if name.startswith("getSize"):
+            return lambda: getattr(self._obj, name)().getValue()
+        raise AttributeError(name)
+
+
+class ImageWrapper(Wrapper):
+    OMERO_CLASS = "Image"
+
+    def getPrimaryPixels(self):
+        return PixelsWrapper(self._conn, self._obj.getPrimaryPixels())
+
+    def getPixelsType(self) -> str:
+        return self._obj.getPrimaryPixels().getPixelsType().getValue().getValue()
+
+    def _size(self, value, units):
+        if value is None:
+            return None
+        return LengthI(value, units) if units else value.getValue()
+
+    def getPixelSizeX(self, units=None):
+        return self._size(self._obj.getPrimaryPixels().getPhysicalSizeX(), units)
+
+    def getPixelSizeY(self, units=None):
+        return self._size(self._obj.getPrimaryPixels().getPhysicalSizeY(), units)
+
+    def getChannelLabels(self):
+        names = getattr(self._conn.server, "channel_names", {}).get(self.getId())
+        size_c = self._obj.getPrimaryPixels().getSizeC().getValue()
+        return list(names) if names else [str(i) for i in range(size_c)]  # OMERO falls back to indices
+
+    def listParents(self):
+        return self._linked("DatasetImageLink", child_id=self.getId(), want="Dataset")
+
+
+WRAPPERS = {"Image": ImageWrapper, "Dataset": DatasetWrapper, "Project": ProjectWrapper}
+
+
+# -- services ---------------------------------------------------------------------------------------
+class UpdateService:
+    def __init__(self, conn: Conn) -> None:
+        self.conn, self.server = conn, conn.server
+
+    def _save(self, obj, group: int):
+        server, user = self.server, self.conn.user
+        if isinstance(obj, PixelsI) and obj.getId() is not None:  # an update of existing pixels
+            stored = server.get("Pixels", obj.getId().getValue())
+            stored.setPhysicalSizeX(obj.getPhysicalSizeX())
+            stored.setPhysicalSizeY(obj.getPhysicalSizeY())
+            return stored
+        if obj.getId() is not None:
+            ref = server.get(_table(obj), obj.getId().getValue())
+            if ref is None or not server.can_see(user, ref):
+                raise omero.ValidationException(None, None, f"{_table(obj)}:{obj.getId().getValue()} does not exist")
+            if server.owner_group(ref)[1] != group:
+                raise omero.SecurityViolation(None, None, f"cannot link to {_table(obj)} of another group")
+            return ref
+        if isinstance(obj, RoiI):
+            image = self._save(obj.getImage(), group)
+            if not server.can_annotate(user, image):
+                raise omero.SecurityViolation(None, None, "ROIs need annotate permission on the image")
+            server.store(obj, owner=user, group=group)
+            for shape in obj.copyShapes():
+                server.store(shape, owner=user, group=group)
+            return obj
+        if isinstance(obj, (ImageAnnotationLinkI, DatasetImageLinkI)):
+            parent = self._save(obj.getParent(), group)
+            allowed = server.can_annotate if isinstance(obj, ImageAnnotationLinkI) else server.can_link
+            if not allowed(user, parent):
+                raise omero.SecurityViolation(None, None, f"not allowed to link to {_table(parent)}")
+            child = self._save(obj.getChild(), group)
+            for other in server.all(_table(obj)):
+                if (other.getParent().getId().getValue(), other.getChild().getId().getValue()) == (
+                        parent.getId().getValue(), child.getId().getValue()):
+                    raise omero.ValidationException(None, None, "duplicate link (unique constraint)")
+            obj.setParent(type(parent)(parent.getId().getValue(), False))
+            obj.setChild(child)
+            return server.store(obj, owner=user, group=group)
+        if isinstance(obj, FileAnnotationI) and obj.getFile() is not None:
+            self._save(obj.getFile(), group)
+        if isinstance(obj, (MapAnnotationI, TagAnnotationI, FileAnnotationI)):
+            return server.store(obj, owner=user, group=group)
+        raise NotImplementedError(f"the double does not save {type(obj).__name__}")
+
+    @_counted("IUpdate")
+    def saveAndReturnObject(self, obj, ctx=None):
+        return self._save(obj, self.conn.save_group(ctx))
+
+    @_counted("IUpdate")
+    def saveObject(self, obj, ctx=None):
+        self._save(obj, self.conn.save_group(ctx))
+
+    @_counted("IUpdate")
+    def saveAndReturnArray(self, objs, ctx=None):
+        group = self.conn.save_group(ctx)
+        return [self._save(o, group) for o in objs]
+
+
+def _params(params) -> dict:
+    return {k: _val(v) for k, v in params.map.items()}
+
+
+class QueryService:
+    def __init__(self, conn: Conn) -> None:
+        self.conn, self.server = conn, conn.server
+
+    def _visible(self, objs):
+        return [o for o in objs if self.server.can_see(self.conn.user, o)]
+
+    @_counted("IQuery")
+    def findAllByQuery(self, query, params, ctx=None):
+        p = _params(params)
+        if query == Q_RUN_LINKS:
+            links = [link for link in self.server.all("ImageAnnotationLink")
+                     if link.getParent().getId().getValue() == p["iid"]]
+            out = []
+            for link in self._visible(links):
+                child = self.server.get("Annotation", link.getChild().getId().getValue())
+                if child.getNs() is not None and child.getNs().getValue() == p["ns"]:
+                    link.setChild(child)
+                    out.append(link)
+            return out
+        if query == Q_TAG:
+            group = self.conn.save_group(ctx)
+            return [t for t in self._visible(self.server.all("Annotation", TagAnnotationI))
+                    if _val(t.getNs()) == p["ns"] and _val(t.getTextValue()) == p["name"]
+                    and self.server.owner_group(t)[1] == group]
+        raise NotImplementedError(f"the double does not know the query {query!r}")
+
+    @_counted("IQuery")
+    def findByQuery(self, query, params, ctx=None):
+        p = _params(params)
+        if query == Q_PIXELS_TYPE:
+            ptype = PixelsTypeI()
+            ptype.setValue(rstring(p["value"]))
+            return ptype
+        if query == Q_IMAGE_PIXELS:
+            return self.server.get("Pixels", self.server.pixels_of(p["iid"]))
+        raise NotImplementedError(f"the double does not know the query {query!r}")
+
+    @_counted("IQuery")
+    def projection(self, query, params, ctx=None):
+        p = _params(params)
+        if query == Q_RUN_ROIS:
+            prefix = p["marker"].removesuffix("%")
+            return [[rlong(r.getId().getValue()), rstring(_val(r.getDescription()))]
+                    for r in self._visible(self.server.rois_of(p["iid"]))
+                    if (_val(r.getDescription()) or "").startswith(prefix)]
+        raise NotImplementedError(f"the double does not know the query {query!r}")
+
+
+class PixelsService:
+    def __init__(self, conn: Conn) -> None:
+        self.conn, self.server = conn, conn.server
+
+    @_counted("IPixels")
+    def createImage(self, sizeX, sizeY, sizeZ, sizeT, channelList, pixelsType, name, description, ctx=None):
+        group = self.conn.save_group(ctx)
+        dtype = np.dtype(BIG_ENDIAN[pixelsType.getValue().getValue()]).newbyteorder("=")
+        levels = [np.zeros((sizeY, sizeX, len(channelList)), dtype)]
+        image_id = self.server.add_image(levels, name=name, owner=self.conn.user, group=group, mpp=None,
+                                         pixels_type=pixelsType.getValue().getValue())
+        self.server.get("Image", image_id).setDescription(rstring(description))
+        return rlong(image_id)
+
+
+class RawPixelsStore:
+    """Tiles of one image; OMERO's level numbering (``levels - 1`` = full resolution)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn, self.server = conn, conn.server
+        self.pixels_id = None
+        self.level = None
+        self.closed = False
+        self.server.open_stores.add(self)
+
+    def _check(self):
+        if self.closed:
+            raise omero.ApiUsageException(None, None, "the RawPixelsStore is closed")
+        if self.pixels_id is None:
+            raise omero.ApiUsageException(None, None, "setPixelsId was not called")
+
+    @property
+    def _levels(self):
+        return self.server.pixels[self.pixels_id]
+
+    @_counted("RawPixelsStore")
+    def setPixelsId(self, pixels_id, bypass, ctx=None):
+        pixels = self.server.get("Pixels", pixels_id)
+        if pixels is None or not self.server.can_see(self.conn.user, pixels):
+            raise omero.SecurityViolation(None, None, f"Pixels:{pixels_id} is not readable")
+        self.pixels_id = int(pixels_id)
+        self.level = len(self._levels) - 1
+
+    @_counted("RawPixelsStore")
+    def getResolutionLevels(self):
+        self._check()
+        return len(self._levels)
+
+    @_counted("RawPixelsStore")
+    def getResolutionDescriptions(self):
+        self._check()
+        return [omero.api.ResolutionDescription(sizeX=a.shape[1], sizeY=a.shape[0]) for a in self._levels]
+
+    @_counted("RawPixelsStore")
+    def setResolutionLevel(self, level):
+        self._check()
+        if not 0 <= level < len(self._levels):
+            raise omero.ApiUsageException(None, None, f"no resolution level {level}")
+        self.level = level
+
+    def _array(self):
+        return self._levels[len(self._levels) - 1 - self.level]
+
+    @_counted("RawPixelsStore")
+    def getTileSize(self):
+        self._check()
+        return list(self.server.tile_sizes[self.pixels_id][len(self._levels) - 1 - self.level])
+
+    @_counted("RawPixelsStore")
+    def getTile(self, z, c, t, x, y, w, h):
+        self._check()
+        array = self._array()
+        if x < 0 or y < 0 or x + w > array.shape[1] or y + h > array.shape[0] or z != 0 or t != 0:
+            raise omero.ApiUsageException(None, None, f"tile {x},{y} {w}x{h} outside the plane")
+        pixels_type = self.server.get("Pixels", self.pixels_id).getPixelsType().getValue().getValue()
+        return np.ascontiguousarray(array[y:y + h, x:x + w, c]).astype(BIG_ENDIAN[pixels_type]).tobytes()
+
+    @_counted("RawPixelsStore")
+    def setTile(self, buf, z, c, t, x, y, w, h, ctx=None):
+        self._check()
+        array = self._levels[0]
+        if x + w > array.shape[1] or y + h > array.shape[0]:
+            raise omero.ApiUsageException(None, None, f"tile {x},{y} {w}x{h} outside the plane")
+        pixels_type = self.server.get("Pixels", self.pixels_id).getPixelsType().getValue().getValue()
+        array[y:y + h, x:x + w, c] = np.frombuffer(buf, dtype=BIG_ENDIAN[pixels_type]).reshape(h, w)
+
+    @_counted("RawPixelsStore")
+    def save(self, ctx=None):
+        self._check()
+        return self.server.get("Pixels", self.pixels_id)
+
+    @_counted("RawPixelsStore")
+    def close(self):
+        self.closed = True
+        self.server.open_stores.discard(self)
+
+
+class SharedResources:
+    def __init__(self, conn: Conn) -> None:
+        self.conn, self.server = conn, conn.server
+
+    @_counted("SharedResources")
+    def repositories(self):
+        repos = omero.grid.RepositoryMap()
+        repos.descriptions = [OriginalFileI(1, False)]
+        return repos
+
+    @_counted("SharedResources")
+    def newTable(self, repo_id, name, ctx=None):
+        group = self.conn.save_group(ctx)
+        ofile = OriginalFileI()
+        ofile.setName(rstring(name))
+        ofile.setMimetype(rstring("OMERO.tables"))
+        self.server.store(ofile, owner=self.conn.user, group=group)
+        return Table(self.server, ofile)
+
+
+class Table:
+    def __init__(self, server: Server, ofile) -> None:
+        self.server, self.ofile = server, ofile
+        self.record = server.tables.setdefault(ofile.getId().getValue(), {"columns": [], "values": {}})
+
+    @_counted("Table")
+    def getOriginalFile(self):
+        return self.ofile
+
+    @_counted("Table")
+    def initialize(self, cols):
+        self.record["columns"] = [(type(c).__name__, c.name) for c in cols]
+        self.record["values"] = {c.name: [] for c in cols}
+
+    @_counted("Table")
+    def addData(self, cols):
+        sizes = {len(c.values) for c in cols}
+        if len(sizes) != 1 or [c.name for c in cols] != [n for _, n in self.record["columns"]]:
+            raise omero.ApiUsageException(None, None, "columns do not match the table's, or differ in length")
+        for c in cols:
+            self.record["values"][c.name].extend(c.values)
+
+    @_counted("Table")
+    def close(self):
+        pass
+
+
+# -- deleting ---------------------------------------------------------------------------------------
+def _graph_table(graph_spec: str) -> str:
+    name = graph_spec.split("/")[0]
+    return "Annotation" if name.endswith("Annotation") else name
+
+
+def _delete(server: Server, table: str, oid: int) -> None:
+    obj = server.objects.pop((table, oid), None)
+    if obj is None:
+        return
+    if table == "Roi":
+        for shape in obj.copyShapes():
+            server.objects.pop(("Shape", shape.getId().getValue()), None)
+    elif table == "Annotation":
+        for link in server.all("ImageAnnotationLink"):
+            if link.getChild().getId().getValue() == oid:
+                _delete(server, "ImageAnnotationLink", link.getId().getValue())
+        if isinstance(obj, FileAnnotationI) and obj.getFile() is not None:
+            _delete(server, "OriginalFile", obj.getFile().getId().getValue())
+    elif table == "OriginalFile":
+        server.file_bytes.pop(oid, None)
+        server.tables.pop(oid, None)
+        for ann in server.all("Annotation", FileAnnotationI):
+            if ann.getFile() is not None and ann.getFile().getId().getValue() == oid:
+                _delete(server, "Annotation", ann.getId().getValue())
+    elif table == "Image":
+        pid = next((p.getId().getValue() for p in server.all("Pixels") if p.getImage().getId().getValue() == oid), None)
+        if pid is not None:
+            server.objects.pop(("Pixels", pid), None)
+            server.pixels.pop(pid, None)
+        for roi in server.rois_of(oid):
+            _delete(server, "Roi", roi.getId().getValue())
+        for link_table in ("DatasetImageLink", "ImageAnnotationLink"):
+            for link in server.all(link_table):
+                end = link.getChild() if link_table == "DatasetImageLink" else link.getParent()
+                if end.getId().getValue() == oid:
+                    _delete(server, link_table, link.getId().getValue())
+
+
+# -- loading a dlcore slide into the double ---------------------------------------------------------
+def import_slide(server: Server, slide, **kwargs) -> int:
+    """Store every level of a dlcore :class:`~dlcore.io.slide.Slide` as an OMERO image (an "import")."""
+    levels = [slide.read_region(i, 0, 0, lv.width, lv.height) for i, lv in enumerate(slide.info.levels)]
+    kwargs.setdefault("mpp", slide.info.mpp[0] if slide.info.mpp else None)
+    kwargs.setdefault("channel_names", ["Red", "Green", "Blue"] if slide.info.is_rgb else None)
+    return server.add_image(levels, **kwargs)
+
+
+def demo_levels(folder: Path, width: int = 1536, height: int = 1024) -> list[np.ndarray]:
+    """The pyramid of a synthetic demo slide (real IHC tissue), as written to and read from an OME-TIFF."""
+    from dlcore.demo import SyntheticSlideSpec, write_synthetic_slide
+    from dlcore.io import open_slide
+
+    slide = open_slide(write_synthetic_slide(Path(folder) / "demo.ome.tif", SyntheticSlideSpec(width=width, height=height)))
+    try:
+        return [slide.read_region(i, 0, 0, lv.width, lv.height) for i, lv in enumerate(slide.info.levels)]
+    finally:
+        slide.close()

@@ -1,0 +1,210 @@
+"""Runs on OMERO images against the in-process double: what is written, replaced, refused, cleaned up."""
+import json
+
+import numpy as np
+import pytest
+from omero.model import FileAnnotationI, MapAnnotationI, TagAnnotationI
+from omero.rtypes import rstring
+
+from dlcore.config import Config
+from dlcore.errors import ModelError, OmeroError
+from dlcore.omero import annotations as ann
+from dlcore.omero.workflows import run_on_objects
+from omero_double import Server, demo_levels
+
+TASK = "nuclei-classical"
+
+
+@pytest.fixture(scope="module")
+def demo_slide(tmp_path_factory):
+    return demo_levels(tmp_path_factory.mktemp("slide"))
+
+
+@pytest.fixture
+def omero(demo_slide):
+    server = Server()
+    group = server.add_group("lab", "rwra--")
+    alice = server.add_user("alice", [group])
+    project = server.add_project("study", owner=alice, group=group)
+    dataset = server.add_dataset("slides", owner=alice, group=group, project=project)
+    image = server.add_image(demo_slide, name="demo.ome.tif", owner=alice, group=group, dataset=dataset,
+                             channel_names=["R", "G", "B"])
+    return server, server.connect(alice, group), {"group": group, "alice": alice, "project": project,
+                                                  "dataset": dataset, "image": image}
+
+
+def _run(conn, data_type="Image", ids=None, *, cap=200, task=TASK, **kwargs):
+    return run_on_objects(conn, task, data_type, ids, {}, config=Config(roi_cap=cap), **kwargs)
+
+
+def _files(server, image_id) -> dict:
+    """File name -> (annotation, OriginalFile) of the files attached to the image."""
+    out = {}
+    for a in server.annotations_of(image_id, FileAnnotationI):
+        ofile = server.get("OriginalFile", a.getFile().getId().getValue())
+        out[ofile.getName().getValue()] = (a, ofile)
+    return out
+
+
+def _map_values(server, image_id):
+    maps = [a for a in server.annotations_of(image_id, MapAnnotationI) if a.getNs().getValue() == ann.namespace(TASK)]
+    assert len(maps) == 1
+    return {nv.name: nv.value for nv in maps[0].getMapValue()}
+
+
+def test_a_run_writes_rois_label_image_table_key_values_and_files(omero):
+    server, conn, ids = omero
+    [report] = _run(conn, "Image", [ids["image"]], cap=200)
+    assert report.ok, report.message
+    n = report.summary["objects"]
+    assert n > 200  # the demo slide has a few hundred nuclei: the cap applies
+    image = ids["image"]
+
+    rois = server.rois_of(image)
+    assert len(rois) == 200
+    shape = rois[0].copyShapes()[0]
+    xy = [tuple(map(float, p.split(","))) for p in shape.getPoints().getValue().split()]
+    assert 3 <= len(xy) <= 64 and all(0 <= x <= 1536 and 0 <= y <= 1024 for x, y in xy)
+
+    files = _files(server, image)
+    tables = [f for a, f in files.values() if f.getMimetype().getValue() == "OMERO.tables"]
+    assert len(tables) == 1
+    table = server.tables[tables[0].getId().getValue()]
+    values = table["values"]
+    assert table["columns"][:2] == [("ImageColumn", "Image"), ("RoiColumn", "Roi")]
+    assert len(values["id"]) == n and set(values["Image"]) == {image}
+    roi_ids = {r.getId().getValue() for r in rois}
+    assert {r for r in values["Roi"] if r != -1} == roi_ids and values["Roi"].count(-1) == n - 200
+    assert min(values["area_px"]) >= 60  # the seeds' minimum size
+
+    label_id = report.output_id("label image")
+    assert label_id in server.images_in(ids["dataset"])
+    labels = server.pixels[server.pixels_of(label_id)][0][..., 0]
+    assert labels.shape == (1024, 1536) and labels.dtype == np.uint32
+    assert len(np.unique(labels)) - 1 == n  # every object is in the label image
+    label_image = server.get("Image", label_id)
+    assert server.owner_group(label_image)[1] == ids["group"]
+    assert server.get("Pixels", server.pixels_of(label_id)).getPhysicalSizeX().getValue() == pytest.approx(0.5)
+
+    kv = _map_values(server, image)
+    assert kv["task"] == TASK and kv["objects"] == str(n) and kv["label image"] == f"Image:{label_id}"
+    assert json.loads(kv["parameters"])["sigma"] == 3.0 and kv["dlcore version"]
+    assert "cap roi_cap=200" in kv["ROIs"] and float(kv["tissue area mm2"]) > 0
+
+    assert {"objects.geojson", "objects.csv", "overview.png", "provenance.json"} <= set(files)
+    csv_rows = server.file_bytes[files["objects.csv"][1].getId().getValue()].decode().splitlines()
+    assert len(csv_rows) == n + 1
+    assert server.file_bytes[files["overview.png"][1].getId().getValue()][:4] == b"\x89PNG"
+    assert {a.getNs().getValue() for a, f in files.values()} == {ann.namespace(TASK)}
+    assert "200 ROIs" in report.message and f"Image:{label_id}" in report.message
+    assert not server.open_stores
+
+
+def test_rerun_replaces_its_own_results_and_leaves_everything_else(omero):
+    server, conn, ids = omero
+    image = ids["image"]
+    user_note = MapAnnotationI()
+    user_note.setNs(rstring("openmicroscopy.org/omero/client/mapAnnotation"))
+    other_model = MapAnnotationI()
+    other_model.setNs(rstring(ann.namespace("other-model")))
+    conn.getUpdateService().saveAndReturnArray([ann.image_link(image, user_note), ann.image_link(image, other_model)],
+                                               {"omero.group": str(ids["group"])})
+    from omero.model import ImageI, PolygonI, RoiI
+    hand_drawn = RoiI()
+    hand_drawn.setImage(ImageI(image, False))
+    hand_drawn.addShape(PolygonI())
+    conn.getUpdateService().saveAndReturnObject(hand_drawn, {"omero.group": str(ids["group"])})
+
+    first = _run(conn, "Image", [image])[0]
+    counts = (len(server.rois_of(image)), len(server.annotations_of(image)), len(server.images_in(ids["dataset"])))
+    second = _run(conn, "Dataset", [ids["dataset"]])  # the dataset now holds the label image too: skipped
+    assert len(second) == 1 and second[0].ok
+    assert (len(server.rois_of(image)), len(server.annotations_of(image)), len(server.images_in(ids["dataset"]))) == counts
+    assert server.get("Image", first.output_id("label image")) is None
+    assert server.get("Roi", hand_drawn.getId().getValue()) is not None
+    assert server.get("Annotation", user_note.getId().getValue()) is not None
+    assert server.get("Annotation", other_model.getId().getValue()) is not None
+    assert "replaced" in second[0].outputs
+
+
+def test_classification_tags_are_shared_and_relinked_without_duplicates(omero, monkeypatch):
+    server, conn, ids = omero
+    import dlcore.workflows as engine
+
+    real = engine._summary
+    monkeypatch.setattr(engine, "_summary", lambda *a: {**real(*a), "tags": ["tumour"]})
+    _run(conn, "Image", [ids["image"]])
+    _run(conn, "Image", [ids["image"]])
+    tags = server.annotations_of(ids["image"], TagAnnotationI)
+    assert [t.getTextValue().getValue() for t in tags] == ["tumour"]
+    assert len(server.all("Annotation", TagAnnotationI)) == 1
+
+
+def test_failure_part_way_leaves_nothing(omero, monkeypatch):
+    server, conn, ids = omero
+    before = {k for k in server.objects}
+    import omero_double
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("disk full on the server")
+    monkeypatch.setattr(omero_double.RawPixelsStore, "setTile", broken)  # the label image fails after ROIs+table
+    [report] = _run(conn, "Image", [ids["image"]])
+    assert not report.ok and "disk full" in report.message and "Nothing was written" in report.message
+    assert set(server.objects) == before
+    assert not server.open_stores
+
+
+def test_read_only_group_is_refused_before_any_work(omero, demo_slide):
+    server, conn, ids = omero
+    group = server.add_group("readonly", "rwr---")
+    owner = server.add_user("bob", [group])
+    server.members[group].add(ids["alice"])
+    image = server.add_image(demo_slide, name="bob's", owner=owner, group=group)
+    before = set(server.objects)
+    [report] = _run(conn, "Image", [image])
+    assert not report.ok and "not allowed to add annotations" in report.message
+    assert set(server.objects) == before and server.calls["RawPixelsStore.getTile"] == 0
+
+
+def test_new_objects_go_into_the_image_group_not_the_session_group(omero, demo_slide):
+    server, conn, ids = omero
+    other = server.add_group("other", "rwra--")
+    server.members[other].add(ids["alice"])
+    image = server.add_image(demo_slide, name="elsewhere", owner=ids["alice"], group=other)
+    [report] = _run(conn, "Image", [image])  # the session's group is "lab"
+    assert report.ok, report.message
+    assert {server.owner_group(r)[1] for r in server.rois_of(image)} == {other}
+    assert {server.owner_group(a)[1] for a in server.annotations_of(image)} == {other}
+
+
+def test_bad_input_writes_nothing(omero, demo_slide):
+    server, conn, ids = omero
+    before = set(server.objects)
+    with pytest.raises(OmeroError, match="Image 999: not found.*Dataset or Project"):
+        _run(conn, "Image", [ids["image"], 999])
+    with pytest.raises(OmeroError, match=f"Dataset {ids['image'] + 100}: not found"):
+        _run(conn, "Dataset", [ids["image"] + 100])
+    with pytest.raises(ModelError, match="model called 'unet-nope'"):
+        _run(conn, "Image", [ids["image"]], task="unet-nope")
+    private = server.add_group("private", "rw----")
+    carol = server.add_user("carol", [private])
+    server.members[private].add(ids["alice"])
+    hidden = server.add_image(demo_slide, name="carol's", owner=carol, group=private)
+    with pytest.raises(OmeroError, match=f"Image {hidden}: not found, or you are not allowed to see it"):
+        _run(conn, "Image", [hidden])
+    blank = server.add_image([np.full((512, 512, 3), 255, np.uint8)], name="glass", owner=ids["alice"], group=ids["group"])
+    before_blank = set(server.objects)
+    [report] = _run(conn, "Image", [blank])
+    assert not report.ok and "no tissue found" in report.message
+    assert set(server.objects) == before_blank
+    grey16 = server.add_image([np.zeros((256, 256, 1), np.uint16)], name="fluo", owner=ids["alice"], group=ids["group"])
+    [report] = _run(conn, "Image", [grey16])
+    assert not report.ok and "needs 8-bit RGB" in report.message
+    results = ("Roi", "Shape", "Annotation", "OriginalFile", "ImageAnnotationLink", "DatasetImageLink")
+    assert {k for k in server.objects if k[0] in results} == {k for k in before if k[0] in results}
+
+
+def test_project_expands_to_its_images(omero):
+    server, conn, ids = omero
+    reports = _run(conn, "Project", [ids["project"]])
+    assert [r.image_id for r in reports] == [ids["image"]] and reports[0].ok
