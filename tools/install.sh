@@ -6,7 +6,7 @@
 # Steps: Debian build packages (when run as root and missing), the virtual environment, torch
 # (pip's torch==2.13.0; set DLCORE_TORCH to override, e.g. a CUDA build on GPU nodes), the
 # zeroc-ice 3.6.5 wheel (built once by tools/build_ice_wheel.sh and cached, or DLCORE_ICE_WHEEL),
-# then dlcore itself in editable mode with every extra.
+# then dlcore itself in editable mode with every extra, and the `omero dl` plugin shim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${DLCORE_VENV:-.venv}
@@ -50,4 +50,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'impo
   "${pip[@]}" -e ".[all,test,deploy]"
   echo "$want" > "$stamp"
 fi
+# `omero dl`: omero-py loads every omero/plugins/*.py it finds; put dlcore's shim beside its own plugins
+plugins=$("$venv/bin/python" -c 'import omero.plugins, os; print(os.path.dirname(omero.plugins.__file__))')
+cmp -s omero/plugins/dl.py "$plugins/dl.py" || cp omero/plugins/dl.py "$plugins/dl.py"
 echo "[install] ready: $venv/bin/dlcore"
