@@ -137,3 +137,20 @@ def test_omero_dl_targets():
     assert parse_targets(["Image:1", "Dataset:2", "3"]) == {"Image": [1, 3], "Dataset": [2]}
     with pytest.raises(ParameterError, match="Image:ID"):
         parse_targets(["Plate:1"])
+
+
+def test_omero_cli_loads_the_dl_plugin_installed_by_install_sh():
+    """tools/install.sh copies omero/plugins/dl.py beside omero-py's plugins; the CLI then knows `omero dl`."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import omero.plugins
+
+    root = Path(__file__).resolve().parent.parent
+    installed = Path(os.path.dirname(omero.plugins.__file__)) / "dl.py"
+    assert installed.read_text() == (root / "omero" / "plugins" / "dl.py").read_text(), "run bash tools/install.sh"
+    code = "from omero.cli import CLI; c = CLI(); c.loadplugins(); print(type(c.controls['dl']).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("DlControl")
