@@ -19,7 +19,7 @@ import numpy as np
 
 from dlcore.errors import ParameterError
 from dlcore.train.data import AnnotatedDataset, describe
-from dlcore.train.evaluate import evaluate, headline
+from dlcore.train.evaluate import evaluate, headline, instance_postprocess
 from dlcore.train.metrics import summarise_folds
 from dlcore.train.spec import TrainResult, TrainSpec
 from dlcore.train.splits import kfold_by_group, split_by_group
@@ -86,8 +86,7 @@ def dlcore_config(dataset: AnnotatedDataset, spec: TrainSpec) -> dict:
         cfg.update(kind="semantic", output_activation="softmax")
     elif dataset.task == "instances":
         cfg.update(kind="instances", output_activation="sigmoid",
-                   postprocess={"type": "fg_boundary_watershed", "fg_threshold": 0.5, "boundary_threshold": 0.5,
-                                "min_size": spec.min_size, "min_seed_size": 5})
+                   postprocess=instance_postprocess(spec))
     else:
         tile = spec.patch_size * max(1, spec.tile_size // spec.patch_size)
         cfg.update(kind="patch_classification", output_activation="softmax", patch_size=spec.patch_size,

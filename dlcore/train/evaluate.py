@@ -10,7 +10,13 @@ import numpy as np
 from dlcore.train.data import AnnotatedDataset
 from dlcore.train.metrics import classification_scores, instance_scores, segmentation_scores
 from dlcore.train.spec import TrainSpec
-from dlcore.train.targets import center_crop, instances_from_probabilities, normalize
+from dlcore.train.targets import center_crop, normalize
+
+
+def instance_postprocess(spec: TrainSpec) -> dict:
+    """The ``fg_boundary_watershed`` settings written into the package and used to score it."""
+    return {"type": "fg_boundary_watershed", "fg_threshold": 0.5, "boundary_threshold": 0.5,
+            "min_size": spec.min_size, "min_seed_size": 5}
 
 
 def predict_probabilities(model, image: np.ndarray, spec: TrainSpec) -> np.ndarray:
@@ -59,7 +65,9 @@ def evaluate(model, dataset: AnnotatedDataset, spec: TrainSpec) -> tuple[dict, d
     for s in dataset.samples:
         prob = predict_probabilities(model, s.image, spec)
         if dataset.task == "instances":
-            maps.append(instances_from_probabilities(prob, min_size=spec.min_size))
+            from dlcore.models.instances import instances_from_maps  # the same code inference runs
+
+            maps.append(instances_from_maps(prob, instance_postprocess(spec)))
         else:
             maps.append(prob.argmax(0).astype(np.int32))
         truths.append(s.mask)

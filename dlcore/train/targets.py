@@ -3,7 +3,6 @@
 - :func:`normalize`: the input normalisation recorded in the package;
 - :func:`instance_targets`: instance ids → (0 background, 1 foreground interior, 2 boundary), and
   :func:`two_channel_targets` → the network's (foreground, boundary) sigmoid targets;
-- :func:`instances_from_probabilities`: the inverse, the ``fg_boundary_watershed`` post-processing;
 - :func:`random_crop` / :func:`grid_crops`: training tiles and deterministic validation tiles.
 """
 from __future__ import annotations
@@ -55,28 +54,6 @@ def instance_targets(labels: np.ndarray, *, boundary_width: int = 2) -> np.ndarr
 def two_channel_targets(target: np.ndarray) -> np.ndarray:
     """``(2, Y, X)`` float32 (foreground incl. boundary, boundary) from a 0/1/2 target map."""
     return np.stack([target > 0, target == 2]).astype(np.float32)
-
-
-def instances_from_probabilities(prob: np.ndarray, *, fg_threshold: float = 0.5, boundary_threshold: float = 0.5,
-                                 min_size: int = 30, min_seed_size: int = 5) -> np.ndarray:
-    """Instance labels from ``(2, Y, X)`` probabilities (foreground, boundary): ``fg_boundary_watershed``.
-
-    Objects are pixels with ``P(foreground) > fg_threshold``; seeds are the connected components of
-    object pixels with ``P(boundary) < boundary_threshold`` (at least ``min_seed_size`` pixels);
-    objects grow from the seeds by a watershed on ``P(boundary)``; objects under ``min_size``
-    pixels are removed.
-    """
-    from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
-
-    from dlcore.imageops import remove_small
-
-    foreground, boundary = prob[0], prob[1]
-    mask = foreground > fg_threshold
-    seeds, _ = ndi.label(mask & (boundary < boundary_threshold))
-    seeds = remove_small(seeds.astype(np.int32), min_seed_size)
-    labels = watershed(boundary, seeds, mask=mask)
-    return remove_small(labels.astype(np.int32), min_size)
 
 
 def pad_to(image: np.ndarray, height: int, width: int, *, fill=0) -> np.ndarray:
