@@ -80,3 +80,19 @@ def test_validation_errors():
         AnnotatedDataset((Sample(img, np.full((8, 8), 3), None, "x", "g"),), "semantic", ("a", "b"))
     with pytest.raises(InputError, match="not one of"):
         AnnotatedDataset((Sample(img, None, "c", "x", "g"),), "classification", ("a", "b"))
+
+
+def test_export_dataset_command(tmp_path, capsys):
+    from skimage.io import imsave
+
+    from dlcore.cli import main
+
+    rng = np.random.default_rng(3)
+    for cls in ("a", "b"):
+        (tmp_path / "src" / cls).mkdir(parents=True)
+        imsave(tmp_path / "src" / cls / "x.png", _rgb(rng, 8, 8), check_contrast=False)
+    assert main(["export-dataset", str(tmp_path / "src"), str(tmp_path / "out"), "--mpp", "0.5"]) == 0
+    back = load_exported(tmp_path / "out")
+    assert [s.label for s in back.samples] == ["a", "b"] and back.samples[0].mpp == 0.5
+    assert main(["export-dataset", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 1
+    assert "does not exist" in capsys.readouterr().err

@@ -66,7 +66,7 @@ def spec(*, quick: bool = False) -> TrainSpec:
         batch_size=32, patch_size=PATCH, classifier_width=8, classifier_depth=4, lr=3e-3, val_fraction=0.15,
         test_groups=test_groups(), patience=8, augment=AugmentSpec(hed_sigma=0.03, hed_bias=0.005, brightness=0.05,
                                                                   blur_probability=0.2),
-        tile_size=512, seed=0, max_seconds=270,
+        tile_size=512, seed=0, max_seconds=300, threads=1,
         description="Patch classifier (64 px at nominal 0.5 µm/px) for IHC brightfield: background, DAB-negative "
                     "tissue, DAB-positive tissue; a slide score aggregates tissue patches.",
         training_data="64 px patches (stride 32) of synthetic mosaics made from scikit-image's `immunohistochemistry()` "
