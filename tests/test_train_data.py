@@ -96,3 +96,12 @@ def test_export_dataset_command(tmp_path, capsys):
     assert [s.label for s in back.samples] == ["a", "b"] and back.samples[0].mpp == 0.5
     assert main(["export-dataset", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, dlcore.train, dlcore.train.cli, dlcore.train.data, dlcore.train.api, dlcore.train.metrics; "
+            "bad = [m for m in ('torch', 'monai', 'matplotlib') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

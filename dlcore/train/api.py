@@ -122,7 +122,7 @@ def _fmt(v) -> str:
 
 
 def card_markdown(spec: TrainSpec, dataset: AnnotatedDataset, split_sizes: dict, summary: dict, test: dict,
-                  kfold: dict | None, history: dict, base_model: str | None) -> str:
+                  kfold: dict | None, history: dict, base_model: str | None, test_summary: dict | None = None) -> str:
     """The model card: what, trained on what, how well on held-out data, limits, how to reproduce."""
     lines = [f"# {spec.name}", "", spec.description or f"A {spec.task} model trained with dlcore.", "",
              "## Training data", "", spec.training_data or "(no description given)", ""]
@@ -147,6 +147,10 @@ def card_markdown(spec: TrainSpec, dataset: AnnotatedDataset, split_sizes: dict,
         if spec.task == "instances":
             lines += [f"| matched / true / predicted objects (IoU≥0.5) | {test['tp']} / {test['n_true']} / "
                       f"{test['n_pred']} |"]
+        if test_summary:
+            counts = {k: v for k, v in test_summary.items() if k in ("samples", "groups", "per_class", "objects",
+                                                                       "pixels_per_class")}
+            lines += ["", f"Test set: {counts}."]
     else:
         lines.append("No test split was held out (test_fraction=0): there is no independent figure of merit.")
     if kfold:
@@ -212,7 +216,8 @@ def train_model(dataset: AnnotatedDataset, *, spec: TrainSpec, out_registry: Pat
             progress("evaluate", 1, 1)
         summary = describe(dataset)
         version, folder = _package_folder(spec, registry)
-        card = card_markdown(spec, dataset, sizes, summary, test_metrics, kfold, history, base_model)
+        card = card_markdown(spec, dataset, sizes, summary, test_metrics, kfold, history, base_model,
+                             describe(test) if test.samples else None)
         metrics = {"test": headline(test_metrics, spec.task) if test_metrics else None,
                    "kfold": kfold["summary"] if kfold else None, "split": sizes,
                    "epochs_run": history["epochs_run"], "train_seconds": history["seconds"]}
