@@ -1,0 +1,104 @@
+"""The ``dlcore train`` and ``dlcore export-dataset`` commands (registered by :func:`register_cli`)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register_cli(subparsers) -> None:
+    """Add ``train`` and ``export-dataset`` to the ``dlcore`` command's subparsers."""
+    p = subparsers.add_parser(
+        "train", help="train a model on an annotated dataset and add it to the registry",
+        description="Train a semantic, instance or classification model on a local annotated dataset "
+                    "(images/ + labels/, class folders, or a folder written by `dlcore export-dataset`). "
+                    "Splits are by image (groups.csv can group images); the held-out test metrics, a QC "
+                    "report and the training provenance go into the new package's card.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("dataset", type=Path, help="dataset folder")
+    p.add_argument("--task", choices=("semantic", "instances", "classification"), required=True)
+    p.add_argument("--name", required=True, help="model name in the registry (a new version if it exists)")
+    p.add_argument("--base-model", help="start from this registered model (transfer learning)")
+    p.add_argument("--freeze", type=int, default=0, help="freeze the first N encoder stages of the base model")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--steps-per-epoch", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--patch-size", type=int, default=128, help="training tile / patch side, pixels")
+    p.add_argument("--k-folds", type=int, default=1, help="k > 1: k-fold cross-validation before the final training")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without validation improvement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mpp", type=float, help="pixel size of the dataset's images in µm")
+    p.add_argument("--no-augment", action="store_true", help="no flips, rotations, colour jitter or blur")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--registry", type=Path, help="registry folder (default: the configured models_dir)")
+    p.add_argument("--description", default="", help="one line for the model card")
+    p.add_argument("--training-data", default="", help="what the images and annotations are (for the card)")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "export-dataset", help="write an annotated dataset as OME-TIFF images/labels + dataset.json",
+        description="Export a local annotated dataset to the archive-ready layout: images/*.ome.tif, "
+                    "labels/*.ome.tif, dataset.json, samples.csv and a README.")
+    p.add_argument("dataset", type=Path, help="dataset folder (images/ + labels/, or class folders)")
+    p.add_argument("out", type=Path, help="new, empty output folder")
+    p.add_argument("--task", choices=("semantic", "instances", "classification"))
+    p.add_argument("--mpp", type=float, help="pixel size of the images in µm")
+    p.add_argument("--description", default="", help="what the dataset is (goes into README.md and dataset.json)")
+    p.set_defaults(func=cmd_export_dataset)
+
+
+def cmd_train(args) -> int:
+    """Run ``dlcore train``."""
+    from dlcore.config import load_config
+    from dlcore.progress import TqdmProgress
+    from dlcore.train.api import TrainSpec, train_model
+    from dlcore.train.augment import AugmentSpec
+    from dlcore.train.data import load_folder
+    from dlcore.train.evaluate import headline
+
+    dataset = load_folder(args.dataset, task=args.task, mpp=args.mpp)
+    spec = TrainSpec(task=dataset.task, name=args.name, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                     batch_size=args.batch_size, lr=args.lr, patch_size=args.patch_size, freeze_stages=args.freeze,
+                     k_folds=args.k_folds, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                     patience=args.patience, seed=args.seed, threads=args.threads,
+                     augment=AugmentSpec.none() if args.no_augment else AugmentSpec(),
+                     description=args.description, training_data=args.training_data or f"local dataset {args.dataset}",
+                     reproduce=_reproduce(args))
+    progress = TqdmProgress()
+    try:
+        result = train_model(dataset, spec=spec, out_registry=args.registry or load_config().models_dir,
+                             base_model=args.base_model, progress=progress)
+    finally:
+        progress.close()
+    print(f"✓ {result.package_path} ({result.metrics['version']})\n  report {result.report_path}")
+    if result.metrics["test"]:
+        print("  held-out test: " + ", ".join(f"{k} {v:.3f}" for k, v in headline(result.metrics["test"], spec.task).items()
+                                              if isinstance(v, float)))
+    return 0
+
+
+def _reproduce(args) -> str:
+    skip = {"func", "command", "verbose", "registry"}
+    parts = ["dlcore train", str(args.dataset)]
+    for key, value in vars(args).items():
+        if key in skip or key == "dataset" or value in (None, False, ""):
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts.append(flag if value is True else f"{flag} {value}")
+    return " ".join(parts)
+
+
+def cmd_export_dataset(args) -> int:
+    """Run ``dlcore export-dataset``."""
+    from dlcore.train.data import describe, export_dataset, load_folder
+
+    dataset = load_folder(args.dataset, task=args.task, mpp=args.mpp)
+    out = export_dataset(dataset, args.out, description=args.description)
+    info = describe(dataset)
+    print(f"✓ {out}: {info['samples']} {dataset.task} samples, classes {', '.join(dataset.classes)}")
+    return 0
+
+
+__all__ = ["register_cli", "cmd_train", "cmd_export_dataset"]

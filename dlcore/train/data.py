@@ -1,0 +1,348 @@
+"""Annotated datasets for training: the shared in-memory form, folder loaders and the archive export.
+
+An :class:`AnnotatedDataset` is a tuple of :class:`Sample` s (an image, optionally a label mask or an
+image-level class) plus the task and the class names.  It is what every source produces: a local
+folder (:func:`load_folder`), an archive written by :func:`export_dataset` (:func:`load_exported`),
+or OMERO ROIs and tags (the OMERO adapter converts them).
+
+The archive layout written by :func:`export_dataset` is::
+
+    OUT/
+      dataset.json        task, classes, per-sample metadata (source, group, class, mpp, files)
+      samples.csv         the same per-sample table, for spreadsheets
+      README.md           what the archive holds and how to read it
+      images/<id>.ome.tif one OME-TIFF per sample (RGB as YXS, other channels as CYX)
+      labels/<id>.ome.tif the label mask (YX, uint16/uint32) for semantic and instance tasks
+"""
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dlcore.errors import InputError, ParameterError
+
+TASKS = ("semantic", "instances", "classification")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One annotated image.
+
+    Attributes
+    ----------
+    image : ``(Y, X, C)`` pixels.
+    mask : ``(Y, X)`` integer labels (semantic class ids, 0 = background/unlabelled, or instance ids), or None.
+    label : image-level class name for classification, or None.
+    source : identity of the image, e.g. ``"Image:12"`` or a file path.
+    group : split unit; samples with the same group never straddle train/validation/test.
+    mpp : pixel size in µm, or None when unknown.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    label: str | None
+    source: str
+    group: str
+    mpp: float | None = None
+
+
+@dataclass(frozen=True)
+class AnnotatedDataset:
+    """Samples for one task (``"semantic"``, ``"instances"`` or ``"classification"``) and its classes.
+
+    For ``semantic`` the classes name the mask values 1..n (0 is background/unlabelled); for
+    ``instances`` they name the object class(es); for ``classification`` they are the image labels.
+    """
+
+    samples: tuple[Sample, ...]
+    task: str
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        validate_dataset(self)
+
+    @property
+    def groups(self) -> list[str]:
+        """The group of every sample, in order."""
+        return [s.group for s in self.samples]
+
+    def subset(self, indices) -> "AnnotatedDataset":
+        """The dataset restricted to the samples at ``indices``."""
+        return AnnotatedDataset(tuple(self.samples[i] for i in indices), self.task, self.classes)
+
+
+def validate_dataset(dataset: AnnotatedDataset) -> None:
+    """Raise :class:`~dlcore.errors.InputError` when the dataset cannot be trained on as it is."""
+    if dataset.task not in TASKS:
+        raise ParameterError(f"task={dataset.task!r} must be one of {TASKS}")
+    if not dataset.samples:
+        raise InputError("the dataset has no samples; annotate at least a few images")
+    if not dataset.classes:
+        raise InputError("the dataset names no classes")
+    for s in dataset.samples:
+        if s.image.ndim != 3:
+            raise InputError(f"{s.source}: image has shape {s.image.shape}; expected (Y, X, C)")
+        if dataset.task == "classification":
+            if s.label not in dataset.classes:
+                raise InputError(f"{s.source}: class {s.label!r} is not one of {dataset.classes}")
+            continue
+        if s.mask is None:
+            raise InputError(f"{s.source}: a {dataset.task} sample needs a label mask")
+        if s.mask.shape != s.image.shape[:2]:
+            raise InputError(f"{s.source}: mask shape {s.mask.shape} differs from image shape {s.image.shape[:2]}")
+        if not np.issubdtype(s.mask.dtype, np.integer):
+            raise InputError(f"{s.source}: mask dtype {s.mask.dtype} must be integer")
+        if dataset.task == "semantic" and s.mask.size and int(s.mask.max()) > len(dataset.classes):
+            raise InputError(f"{s.source}: mask value {int(s.mask.max())} has no class; classes are "
+                             f"1..{len(dataset.classes)} = {dataset.classes}")
+
+
+def describe(dataset: AnnotatedDataset) -> dict:
+    """A small JSON-able summary (counts per class, groups, sizes) for cards and reports."""
+    info = {"task": dataset.task, "classes": list(dataset.classes), "samples": len(dataset.samples),
+            "groups": len(set(dataset.groups)),
+            "pixels": int(sum(s.image.shape[0] * s.image.shape[1] for s in dataset.samples))}
+    if dataset.task == "classification":
+        info["per_class"] = {c: sum(s.label == c for s in dataset.samples) for c in dataset.classes}
+    elif dataset.task == "semantic":
+        counts = np.zeros(len(dataset.classes) + 1, np.int64)
+        for s in dataset.samples:
+            counts += np.bincount(s.mask.ravel().astype(np.int64), minlength=counts.size)[:counts.size]
+        info["pixels_per_class"] = {"unlabelled/background": int(counts[0]),
+                                    **{c: int(n) for c, n in zip(dataset.classes, counts[1:])}}
+    else:
+        info["objects"] = int(sum(len(np.unique(s.mask)) - (s.mask == 0).any() for s in dataset.samples))
+    return info
+
+
+# -- reading images ---------------------------------------------------------------------------
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as ``(Y, X, C)`` (a grey image gets C = 1)."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array, axes = series.asarray(), series.axes
+        array = _to_yxc(array, axes)
+    else:
+        from skimage.io import imread
+
+        array = imread(path)
+        if array.ndim == 2:
+            array = array[..., None]
+    return array
+
+
+def _to_yxc(array: np.ndarray, axes: str) -> np.ndarray:
+    axes = axes.upper()
+    keep = [a for a in axes if a in "YXCS"]
+    for axis, name in reversed(list(enumerate(axes))):  # drop singleton T, Z, ...
+        if name not in "YXCS":
+            if array.shape[axis] != 1:
+                raise InputError(f"image axes {axes!r} with {name} of size {array.shape[axis]}: give 2-D images")
+            array = np.take(array, 0, axis=axis)
+    axes = "".join(keep).replace("S", "C")
+    if "C" not in axes:
+        return array[..., None]
+    return np.moveaxis(array, axes.index("C"), -1)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a label mask as ``(Y, X)`` integers."""
+    mask = read_image(path)
+    if mask.shape[-1] != 1:
+        raise InputError(f"label mask {path} has {mask.shape[-1]} channels; save it as a single-channel integer image")
+    mask = mask[..., 0]
+    if not np.issubdtype(mask.dtype, np.integer):
+        if not np.all(mask == np.round(mask)):
+            raise InputError(f"label mask {path} holds non-integer values")
+        mask = mask.astype(np.int32)
+    return mask
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _read_groups(root: Path) -> dict[str, str]:
+    path = root / "groups.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as fh:
+        return {row["image"]: row["group"] for row in csv.DictReader(fh)}
+
+
+def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str, ...] | None = None,
+                mpp: float | None = None) -> AnnotatedDataset:
+    """Load an annotated dataset from a local folder.
+
+    Parameters
+    ----------
+    root : one of three layouts:
+        an archive written by :func:`export_dataset` (it has ``dataset.json``);
+        ``images/`` + ``labels/`` with label masks of the same file stem (semantic or instances);
+        class folders ``root/<class>/*.png`` (classification).
+        An optional ``groups.csv`` (columns ``image``, ``group``; image = file stem) sets split groups;
+        by default each image is its own group.  An optional ``classes.txt`` names the classes, one per line.
+    task : ``"semantic"`` (default for masks) or ``"instances"``; classification is implied by class folders.
+    classes : class names; default from ``classes.txt``, else ``class_1..class_n`` (semantic) or ``("nucleus",)``.
+    mpp : pixel size in µm recorded in every sample.
+
+    Returns
+    -------
+    AnnotatedDataset
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"dataset folder {root} does not exist")
+    if (root / "dataset.json").is_file():
+        return load_exported(root)
+    groups = _read_groups(root)
+    if classes is None and (root / "classes.txt").is_file():
+        classes = tuple(line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip())
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        task = task or "semantic"
+        if task not in ("semantic", "instances"):
+            raise ParameterError(f"task={task!r}: a folder with images/ and labels/ is for 'semantic' or 'instances'")
+        labels = {_stem(p): p for p in _image_files(root / "labels")}
+        samples = []
+        for path in _image_files(root / "images"):
+            stem = _stem(path)
+            if stem not in labels:
+                raise InputError(f"{path} has no label mask labels/{stem}.png|tif")
+            samples.append(Sample(read_image(path), read_mask(labels[stem]), None, str(path),
+                                  groups.get(stem, stem), mpp))
+        if not samples:
+            raise InputError(f"{root / 'images'} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        if classes is None:
+            if task == "instances":
+                classes = ("nucleus",)
+            else:
+                top = max(int(s.mask.max()) for s in samples)
+                classes = tuple(f"class_{i}" for i in range(1, max(top, 1) + 1))
+        return AnnotatedDataset(tuple(samples), task, tuple(classes))
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and _image_files(p))
+    if not folders:
+        raise InputError(f"{root} has neither dataset.json, nor images/ + labels/, nor class folders with images")
+    if task not in (None, "classification"):
+        raise ParameterError(f"task={task!r}: {root} holds class folders, which make a 'classification' dataset")
+    samples = [Sample(read_image(p), None, folder.name, str(p), groups.get(_stem(p), _stem(p)), mpp)
+               for folder in folders for p in _image_files(folder)]
+    return AnnotatedDataset(tuple(samples), "classification", tuple(classes or (f.name for f in folders)))
+
+
+# -- the archive layout ------------------------------------------------------------------------
+def _write_ome(path: Path, array: np.ndarray, *, mpp: float | None, name: str) -> str:
+    """Write an OME-TIFF; returns the axes written."""
+    import tifffile
+
+    metadata: dict = {"Name": name}
+    if mpp:
+        metadata.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
+    if array.ndim == 2:
+        axes, data, extra = "YX", array, {}
+    elif array.shape[-1] in (3, 4) and array.dtype == np.uint8:
+        axes, data, extra = "YXS", array, {"photometric": "rgb"}
+    else:
+        axes, data, extra = "CYX", np.moveaxis(array, -1, 0), {"photometric": "minisblack"}
+    metadata["axes"] = axes
+    tifffile.imwrite(path, data, ome=True, metadata=metadata, compression="zlib", **extra)
+    return axes
+
+
+def _safe_id(index: int, source: str) -> str:
+    tail = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(source).name.split(".")[0])[:40]
+    return f"{index:05d}_{tail}" if tail else f"{index:05d}"
+
+
+def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, description: str = "",
+                   progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """Write the dataset in the archive layout (see the module docstring); returns ``out_dir``.
+
+    Images and labels are OME-TIFF (readable by Fiji/Bio-Formats, QuPath, napari, OMERO); the
+    metadata is JSON plus a CSV table and a README.  Refuses to write into a non-empty folder.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"export folder {out} is not empty; choose a new folder")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    if dataset.task != "classification":
+        (out / "labels").mkdir(exist_ok=True)
+    rows = []
+    for index, s in enumerate(dataset.samples):
+        sid = _safe_id(index, s.source)
+        image_file = f"images/{sid}.ome.tif"
+        axes = _write_ome(out / image_file, s.image, mpp=s.mpp, name=s.source)
+        label_file = None
+        if s.mask is not None:
+            label_file = f"labels/{sid}.ome.tif"
+            mask = s.mask.astype(np.uint16 if s.mask.size == 0 or (s.mask.min() >= 0 and s.mask.max() < 65536)
+                                 else s.mask.dtype)
+            _write_ome(out / label_file, mask, mpp=s.mpp, name=f"{s.source} labels")
+        rows.append({"id": sid, "image": image_file, "image_axes": axes, "labels": label_file,
+                     "class": s.label, "source": s.source, "group": s.group, "mpp": s.mpp,
+                     "dtype": str(s.image.dtype), "mask_dtype": None if s.mask is None else str(s.mask.dtype)})
+        if progress:
+            progress("export", index + 1, len(dataset.samples))
+    meta = {"format": "dlcore-annotated-dataset", "format_version": FORMAT_VERSION, "task": dataset.task,
+            "classes": list(dataset.classes), "description": description,
+            "label_values": ("0 = background/unlabelled, i = classes[i-1]" if dataset.task == "semantic"
+                             else "0 = background, 1..n = object ids" if dataset.task == "instances" else None),
+            "samples": rows}
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    with (out / "samples.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "README.md").write_text(_readme(dataset, description))
+    return out
+
+
+def _readme(dataset: AnnotatedDataset, description: str) -> str:
+    summary = describe(dataset)
+    return (f"# Annotated dataset ({dataset.task})\n\n{description}\n\n"
+            f"- samples: {summary['samples']}, split groups: {summary['groups']}\n"
+            f"- classes: {', '.join(dataset.classes)}\n"
+            "- `images/*.ome.tif`: the images (OME-TIFF; RGB stored as YXS, other channels as CYX)\n"
+            + ("- `labels/*.ome.tif`: label masks (YX integers; see `label_values` in dataset.json)\n"
+               if dataset.task != "classification" else "- image classes: column `class` of samples.csv\n")
+            + "- `dataset.json`: task, classes and per-sample metadata (source, split group, pixel size)\n"
+            "- `samples.csv`: the same table for spreadsheets\n\n"
+            "Samples with the same `group` come from the same specimen/image and must stay on one side of a "
+            "train/test split.  Load it with `dlcore.train.data.load_exported(path)` or any OME-TIFF reader.\n")
+
+
+def load_exported(root: str | Path) -> AnnotatedDataset:
+    """Load an archive written by :func:`export_dataset` (arrays identical to those exported)."""
+    root = Path(root)
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise InputError(f"{root} has no dataset.json; is it a folder written by `dlcore export-dataset`?")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != "dlcore-annotated-dataset":
+        raise InputError(f"{meta_path} is not a dlcore dataset (format={meta.get('format')!r})")
+    samples = []
+    for row in meta["samples"]:
+        image = read_image(root / row["image"]).astype(row["dtype"], copy=False)
+        mask = None
+        if row["labels"]:
+            mask = read_mask(root / row["labels"]).astype(row["mask_dtype"], copy=False)
+        samples.append(Sample(image, mask, row["class"], row["source"], row["group"], row["mpp"]))
+    return AnnotatedDataset(tuple(samples), meta["task"], tuple(meta["classes"]))
