@@ -24,7 +24,8 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", nargs="+", type=int, default=[16384], help="slide side lengths in pixels (square slides)")
+    p.add_argument("--sizes", nargs="*", type=int, default=[16384], help="synthetic square slides of these side lengths")
+    p.add_argument("--slides", nargs="*", type=Path, default=[], help="also benchmark these slide files (e.g. the demo slide)")
     p.add_argument("--task", default="nuclei-classical", help="task or model to benchmark")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dlcore-bench", help="where slides are cached")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
@@ -113,8 +114,7 @@ def main(args) -> int:
 
     params = _param_pairs(args.param)
     rows = []
-    for size in args.sizes:
-        slide = _slide_for(size, args.cache)
+    for slide in [*(_slide_for(size, args.cache) for size in args.sizes), *args.slides]:
         print(f"benchmarking {args.task} on {slide.name} ...", flush=True)
         child = subprocess.run(
             [sys.executable, "-m", "dlcore.benchmark", str(slide), args.task, json.dumps(params),

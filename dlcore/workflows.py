@@ -98,7 +98,8 @@ def _stitcher(task: Task, canvas: LabelCanvas, plan: ResolutionPlan):
         return make_stitcher(canvas, plan)
     if task.kind == "instances":
         classify = getattr(task, "classify_object", None)
-        return InstanceStitcher(canvas, factor=plan.factor, mpp=plan.working_mpp, classify=classify)
+        return InstanceStitcher(canvas, factor=plan.factor, mpp=plan.working_mpp, classify=classify,
+                                min_pixels=int(getattr(task, "min_object_pixels", 0)))
     if task.kind == "semantic":
         return SemanticStitcher(canvas, len(task.class_names))
     raise InputError(f"task {task.name} has kind {task.kind!r}; the tile engine runs 'instances' and 'semantic' tasks")

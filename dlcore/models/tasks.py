@@ -147,6 +147,11 @@ class InstanceModelTask(_ModelTask):
         return [instances_from_maps(p, self.postprocess) for p in self.probabilities(windows)]
 
     @property
+    def min_object_pixels(self) -> int:
+        """Objects smaller than this are not kept, also after stitching (see :class:`InstanceStitcher`)."""
+        return int(self.postprocess.get("min_size", 0))
+
+    @property
     def classify_object(self):
         """The object classifier's ``(mask, image) -> class name`` (None when the package has none)."""
         return None if self.object_classifier is None else self.object_classifier.classify

@@ -15,6 +15,8 @@ Optional hooks the workflow uses when a task has them:
 
 - ``class_colors``: one RGB triple per class, for overviews and outlines;
 - ``classify_object(mask, image) -> str | None``: a class for each segmented object;
+- ``min_object_pixels``: the smallest object an instance task keeps; the stitcher applies it again to
+  objects it had to trim where they overlap a neighbouring tile's object;
 - ``make_stitcher(canvas, plan)``: a stitcher of its own (e.g. one that also keeps probabilities);
 - ``summarize(stitcher) -> dict``: extra summary entries (e.g. a slide-level decision and ``tags``);
 - ``extra_outputs(stitcher, scratch_dir) -> dict[name, Path]``: extra files (e.g. a heatmap).

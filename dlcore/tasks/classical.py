@@ -104,6 +104,11 @@ class ClassicalNuclei:
         if self.halo < 4 * self.sigma:
             raise ParameterError(f"halo={self.halo} must be at least 4*sigma={4 * self.sigma:g} pixels")
 
+    @property
+    def min_object_pixels(self) -> int:
+        """Objects smaller than this are not kept, also after stitching."""
+        return self.min_size
+
     # -- the Task protocol -------------------------------------------------------------------
     def check(self, info: SlideInfo) -> None:
         if isinstance(self.channel, str):

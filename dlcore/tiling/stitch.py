@@ -8,8 +8,9 @@ counted as ``truncated`` so a too-small halo shows up in the summary.
 
 Neighbouring tiles can segment the same object slightly differently near their borders.  An owned
 object more than half of whose pixels another tile has already written is the same object seen
-twice and is dropped (counted as ``duplicates``); otherwise it keeps only its unclaimed pixels, so
-the label image, the measurements and the outlines always agree.
+twice and is dropped (counted as ``duplicates``); otherwise it keeps only its unclaimed pixels (and is
+dropped too if fewer than ``min_pixels`` remain), so the label image, the measurements and the
+outlines always agree.
 
 Semantic maps need no ownership: each tile writes its core.
 """
@@ -37,11 +38,13 @@ class InstanceStitcher:
         factor: float,
         mpp: float | None,
         classify: Callable[[np.ndarray, np.ndarray], str | None] | None = None,
+        min_pixels: int = 0,
     ) -> None:
         self.canvas = canvas
         self.factor = factor
         self.mpp = mpp
         self.classify = classify
+        self.min_pixels = min_pixels
         self.next_id = 1
         self.truncated = 0
         self.duplicates = 0
@@ -88,13 +91,18 @@ class InstanceStitcher:
         for local_id in owned_ids:
             sl = slices[local_id - 1]
             mask = labels[sl] == local_id
+            trimmed = bool(taken[local_id])
+            if trimmed:  # a sliver overlaps a neighbour's object: keep only the free pixels
+                mask &= current[sl] == 0
+                if mask.sum() < max(self.min_pixels, 1):
+                    self.duplicates += 1
+                    continue
             object_id = self.next_id
             self.next_id += 1
             origin = (wx + sl[1].start, wy + sl[0].start)
             image = window[sl]
             class_name = self.classify(mask, image) if self.classify else None
-            if taken[local_id]:  # a sliver overlaps a neighbour's object: keep only the free pixels
-                mask &= current[sl] == 0
+            if trimmed:
                 record = measure_object(object_id=object_id, mask=mask, image=image, origin=origin,
                                         factor=self.factor, mpp=self.mpp, class_name=class_name)
             else:
