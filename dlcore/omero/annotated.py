@@ -356,9 +356,16 @@ def dataset_from_omero(conn, data_type: str, ids: Sequence, options: AnnotationO
         Every image's annotations are checked before any pixels are read.
     """
     from dlcore.omero.workflows import resolve_images
+
+    return dataset_from_images(conn, resolve_images(conn, data_type, ids), options, mpp=mpp, progress=progress)
+
+
+def dataset_from_images(conn, images: Sequence, options: AnnotationOptions, *, mpp: float | None = None,
+                        progress: Callable[[str, int, int], None] | None = None):
+    """:func:`dataset_from_omero` for image wrappers already resolved (and checked by the caller)."""
     from dlcore.train.data import AnnotatedDataset
 
-    images = resolve_images(conn, data_type, ids)
+    images = list(images)
     planned = [collect_image(conn, image, options) for image in images]  # every check before reading pixels
     classes = _class_ids(planned, options)
     if not classes:
