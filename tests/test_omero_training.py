@@ -5,7 +5,9 @@ import zipfile
 import numpy as np
 import pytest
 from omero.model import FileAnnotationI
+from omero.rtypes import unwrap
 
+from dlcore.omero import training
 from dlcore.omero.annotated import AnnotationOptions, dataset_from_omero
 from dlcore.train.data import load_exported
 from test_omero_annotated import Omero, polygon, rect
@@ -94,10 +96,9 @@ def test_train_model_script_installs_a_package_and_attaches_the_report(annotated
     assert {"README.md", "report/report.md", "report/report.html", "report/learning_curves.png"} <= names
     assert files["tumour-stroma-1.0.0-model-card.md"].decode() == card
     assert fake.outputs["Report"].getValue().getId().getValue() > 0
-    # a second run of the same name is a new version beside the first
-    fake = _exec_script("Train_Model.py", {**inputs, "Base_Model": "tumour-stroma", "Freeze_Stages": 1},
-                        om.conn, monkeypatch)
-    assert "tumour-stroma-v2 version 2.0.0" in fake.outputs["Message"].getValue()
+    # the new model is offered as a base model for the next training (transfer learning)
+    [choice] = [p for p in training.training_params(1) if p._name == "Base_Model"]
+    assert [unwrap(v) for v in choice.values.getValue()] == [training.FROM_SCRATCH, "tumour-stroma"]
 
 
 def test_bad_input_writes_nothing(annotated, monkeypatch, tmp_path):

@@ -370,9 +370,10 @@ def dataset_from_images(conn, images: Sequence, options: AnnotationOptions, *, m
     classes = _class_ids(planned, options)
     if not classes:
         raise InputError("no classes found; name or tag the ROIs (or tag the images) with their classes")
-    samples, notes = [], []
+    samples, notes = [], {}
     for index, (image, plan) in enumerate(zip(images, planned), 1):
-        notes += [f"Image:{plan.image_id}: {n}" for n in plan.notes]
+        for note in plan.notes:
+            notes.setdefault(note, []).append(f"Image:{plan.image_id}")
         try:
             samples += image_samples(conn, image, plan, classes, options, mpp=mpp)
         except InputError:
@@ -385,4 +386,5 @@ def dataset_from_images(conn, images: Sequence, options: AnnotationOptions, *, m
     if options.task == "classification" and len({s.label for s in samples}) < 2:
         raise InputError(f"every sample has the class {samples[0].label!r}; a classifier needs examples of at least "
                          "two classes: annotate (or tag) images of another class too")
+    notes = [f"{', '.join(where)}: {note}" for note, where in notes.items()]
     return AnnotatedDataset(tuple(samples), options.task, classes), images, notes
