@@ -20,7 +20,6 @@ Each region is one sample whose ``group`` is the image, so an image never stradd
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,8 +27,6 @@ import numpy as np
 
 from dlcore.errors import InputError, OmeroError, ParameterError
 from dlcore.omero.shapes import ShapeGeometry, shape_geometry, shape_kind
-
-log = logging.getLogger(__name__)
 
 CLASS_SOURCES = ("roi_name", "roi_tag", "image_tag")
 TASKS = ("semantic", "instances", "classification")

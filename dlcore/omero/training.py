@@ -26,7 +26,7 @@ from pathlib import Path
 import omero.scripts as scripts
 from omero.rtypes import rstring
 
-from dlcore.errors import DlcoreError, OmeroError, ParameterError
+from dlcore.errors import OmeroError, ParameterError
 from dlcore.omero.scripts import parse_parameters, script_body
 
 log = logging.getLogger(__name__)
@@ -413,4 +413,4 @@ def export_script(script_client, *, conn=None, config=None) -> str:
 
 
 __all__ = ["annotation_params", "training_params", "export_params", "train_on_objects", "export_objects",
-           "train_script", "export_script", "attach_files", "report_datasets", "DlcoreError"]
+           "train_script", "export_script", "attach_files", "report_datasets"]
