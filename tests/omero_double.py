@@ -29,13 +29,14 @@ import omero.api
 import omero.grid
 from omero.gateway import ServiceOptsDict
 from omero.model import (
-    DatasetI, DatasetImageLinkI, ExperimenterGroupI, ExperimenterI, FileAnnotationI, ImageAnnotationLinkI, ImageI,
-    LengthI, MapAnnotationI, OriginalFileI, PermissionsI, PixelsI, PixelsTypeI, ProjectDatasetLinkI, ProjectI, RoiI,
-    TagAnnotationI,
+    DatasetAnnotationLinkI, DatasetI, DatasetImageLinkI, ExperimenterGroupI, ExperimenterI, FileAnnotationI, ImageAnnotationLinkI, ImageI,
+    LengthI, MapAnnotationI, OriginalFileI, PermissionsI, PixelsI, PixelsTypeI, ProjectDatasetLinkI, ProjectI,
+    RoiAnnotationLinkI, RoiI, TagAnnotationI,
 )
 from omero.model.enums import UnitsLength
 from omero.rtypes import rint, rlong, rstring
 
+from dlcore.omero.annotated import Q_IMAGE_TAGS, Q_ROI_TAGS, Q_ROIS
 from dlcore.omero.annotations import Q_RUN_LINKS, Q_RUN_ROIS, Q_TAG
 from dlcore.omero.label_image import Q_IMAGE_PIXELS, Q_PIXELS_TYPE
 
@@ -183,6 +184,11 @@ class Server:
     def annotations_of(self, image_id: int, cls=None) -> list:
         anns = [self.get("Annotation", link.getChild().getId().getValue()) for link in self.all("ImageAnnotationLink")
                 if link.getParent().getId().getValue() == image_id]
+        return [a for a in anns if cls is None or isinstance(a, cls)]
+
+    def dataset_annotations(self, dataset_id: int, cls=None) -> list:
+        anns = [self.get("Annotation", link.getChild().getId().getValue()) for link in self.all("DatasetAnnotationLink")
+                if link.getParent().getId().getValue() == dataset_id]
         return [a for a in anns if cls is None or isinstance(a, cls)]
 
     def images_in(self, dataset_id: int) -> list[int]:
@@ -444,9 +450,9 @@ class UpdateService:
             for shape in obj.copyShapes():
                 server.store(shape, owner=user, group=group)
             return obj
-        if isinstance(obj, (ImageAnnotationLinkI, DatasetImageLinkI)):
+        if isinstance(obj, (ImageAnnotationLinkI, DatasetAnnotationLinkI, RoiAnnotationLinkI, DatasetImageLinkI)):
             parent = self._save(obj.getParent(), group)
-            allowed = server.can_annotate if isinstance(obj, ImageAnnotationLinkI) else server.can_link
+            allowed = server.can_link if isinstance(obj, DatasetImageLinkI) else server.can_annotate
             if not allowed(user, parent):
                 raise omero.SecurityViolation(None, None, f"not allowed to link to {_table(parent)}")
             child = self._save(obj.getChild(), group)
@@ -478,7 +484,8 @@ class UpdateService:
 
 
 def _params(params) -> dict:
-    return {k: _val(v) for k, v in params.map.items()}
+    return {k: [_val(x) for x in v.getValue()] if isinstance(v, omero.RList) else _val(v)
+            for k, v in params.map.items()}
 
 
 class QueryService:
@@ -506,6 +513,18 @@ class QueryService:
             return [t for t in self._visible(self.server.all("Annotation", TagAnnotationI))
                     if _val(t.getNs()) == p["ns"] and _val(t.getTextValue()) == p["name"]
                     and self.server.owner_group(t)[1] == group]
+        if query == Q_ROIS:
+            return self._visible(self.server.rois_of(p["iid"]))
+        if query in (Q_ROI_TAGS, Q_IMAGE_TAGS):
+            table, parents = (("RoiAnnotationLink", set(p["ids"])) if query == Q_ROI_TAGS
+                              else ("ImageAnnotationLink", {p["iid"]}))
+            out = []
+            for link in self._visible(self.server.all(table)):
+                child = self.server.get("Annotation", link.getChild().getId().getValue())
+                if link.getParent().getId().getValue() in parents and isinstance(child, TagAnnotationI):
+                    link.setChild(child)
+                    out.append(link)
+            return out
         raise NotImplementedError(f"the double does not know the query {query!r}")
 
     @_counted("IQuery")
@@ -688,9 +707,10 @@ def _delete(server: Server, table: str, oid: int) -> None:
         for shape in obj.copyShapes():
             server.objects.pop(("Shape", shape.getId().getValue()), None)
     elif table == "Annotation":
-        for link in server.all("ImageAnnotationLink"):
-            if link.getChild().getId().getValue() == oid:
-                _delete(server, "ImageAnnotationLink", link.getId().getValue())
+        for link_table in ("ImageAnnotationLink", "DatasetAnnotationLink", "RoiAnnotationLink"):
+            for link in server.all(link_table):
+                if link.getChild().getId().getValue() == oid:
+                    _delete(server, link_table, link.getId().getValue())
         if isinstance(obj, FileAnnotationI) and obj.getFile() is not None:
             _delete(server, "OriginalFile", obj.getFile().getId().getValue())
     elif table == "OriginalFile":

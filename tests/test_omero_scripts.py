@@ -15,8 +15,9 @@ SCRIPTS = sorted((Path(__file__).resolve().parent.parent / "omero_scripts").rglo
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_there_are_the_three_deep_learning_scripts():
-    assert {p.name for p in SCRIPTS} >= {"Run_Model.py", "Classical_Segmentation.py", "List_Models.py"}
+def test_there_are_the_deep_learning_scripts():
+    assert {p.name for p in SCRIPTS} == {"Run_Model.py", "Classical_Segmentation.py", "List_Models.py",
+                                         "Train_Model.py", "Export_Annotated_Dataset.py"}
     assert all(p.parent.name == "Deep_Learning" for p in SCRIPTS)
 
 
@@ -126,6 +127,7 @@ def test_list_models_script_describes_the_builtin_pipeline(monkeypatch):
 
 def test_parse_parameters():
     assert dls.parse_parameters("sigma=2, min_size=40, channel=dab") == {"sigma": 2, "min_size": 40, "channel": "dab"}
+    assert dls.parse_parameters("channels=[4, 8], lr=0.01") == {"channels": [4, 8], "lr": 0.01}
     with pytest.raises(Exception, match="name=value"):
         dls.parse_parameters("sigma")
 

@@ -5,6 +5,10 @@
 - :mod:`~dlcore.omero.sink`: :class:`OmeroSink`, a :class:`~dlcore.io.sink.ResultSink` writing ROIs, a
   label image, an OMERO.table, key-value pairs, tags and files back onto the image;
 - :mod:`~dlcore.omero.workflows`: :func:`run_on_objects`, the one call the scripts and ``omero dl`` make;
+- :mod:`~dlcore.omero.annotated` (with :mod:`~dlcore.omero.shapes`): ROIs and tags as an annotated
+  training dataset, reading only the annotated regions;
+- :mod:`~dlcore.omero.training`: Train_Model and Export_Annotated_Dataset (train into the registry or
+  export an archive, attach the report or the zip to the images' datasets);
 - :mod:`~dlcore.omero.scripts`: the helpers the thin scripts in ``omero_scripts/Deep_Learning`` use.
 
 The adapter talks to OMERO through a narrow part of :class:`omero.gateway.BlitzGateway`:

@@ -168,12 +168,15 @@ def task_values(task_name: str, inputs: dict) -> dict:
     return values
 
 
-def parse_parameters(text: str | None) -> dict:
-    """``"sigma=2, min_size=40"`` -> ``{"sigma": 2, "min_size": 40}`` (values as JSON where they parse)."""
+def parse_parameters(text: str | None, *, input_name: str = "Model_Parameters") -> dict:
+    """``"sigma=2, min_size=40, channels=[4, 8]"`` -> ``{"sigma": 2, "min_size": 40, "channels": [4, 8]}``.
+
+    Values are read as JSON where they parse (commas inside ``[...]`` belong to the value).
+    """
     params = {}
-    for pair in filter(None, (p.strip() for p in (text or "").split(","))):
+    for pair in filter(None, (p.strip() for p in re.split(r",(?![^\[]*\])", text or ""))):
         if "=" not in pair:
-            raise ParameterError(f"Model_Parameters: {pair!r} must look like name=value (e.g. sigma=2.5)")
+            raise ParameterError(f"{input_name}: {pair!r} must look like name=value (e.g. sigma=2.5)")
         key, raw = (s.strip() for s in pair.split("=", 1))
         try:
             params[key.replace("-", "_")] = json.loads(raw)
@@ -194,37 +197,14 @@ def connect_client(script_client):
     return BlitzGateway(client_obj=script_client)
 
 
-def run_script(script_client, *, task: str | None = None, conn=None) -> str:
-    """The body of Run_Model (``task=None``: the ``Model`` input) and of single-task scripts.
-
-    Reads the inputs, runs :func:`dlcore.omero.workflows.run_on_objects`, prints the outcome and sets
-    the ``Message`` output (plus ``Label_Image`` and ``Overview`` links for the first image done).
-    Returns the message.
-    """
-    from omero.model import FileAnnotationI, ImageI
-    from omero.rtypes import robject
-
-    from dlcore.progress import LineProgress
-
+def script_body(script_client, work, *, conn=None) -> str:
+    """Run ``work(conn, inputs) -> message`` for a script: connect, report a :class:`DlcoreError` as
+    "Nothing was written: ...", close the connection, print the message and set the ``Message`` output."""
     inputs = script_client.getInputs(unwrap=True)
     own_conn = conn is None
     conn = conn or connect_client(script_client)
     try:
-        from dlcore.omero.workflows import run_on_objects, summary_message
-
-        name = task or inputs.get("Model")
-        params = task_values(name, inputs) if task else parse_parameters(inputs.get("Model_Parameters"))
-        reports = run_on_objects(
-            conn, name, inputs.get("Data_Type", "Image"), inputs.get("IDs") or [], params,
-            detect_tissue=not inputs.get("Analyse_Whole_Image", False), mpp=inputs.get("Image_Pixel_Size_um"),
-            roi_cap=inputs.get("Max_ROIs"), progress=lambda label: LineProgress(label),
-        )
-        message = summary_message(reports)
-        done = [r for r in reports if r.ok]
-        if done and done[0].output_id("label image"):
-            script_client.setOutput("Label_Image", robject(ImageI(done[0].output_id("label image"), False)))
-        if done and done[0].output_id("overview"):
-            script_client.setOutput("Overview", robject(FileAnnotationI(done[0].output_id("overview"), False)))
+        message = work(conn, inputs)
     except DlcoreError as exc:
         message = f"Nothing was written: {exc}"
     finally:
@@ -233,6 +213,38 @@ def run_script(script_client, *, task: str | None = None, conn=None) -> str:
     print(message)
     script_client.setOutput("Message", rstring(message))
     return message
+
+
+def run_script(script_client, *, task: str | None = None, conn=None) -> str:
+    """The body of Run_Model (``task=None``: the ``Model`` input) and of single-task scripts.
+
+    Reads the inputs, runs :func:`dlcore.omero.workflows.run_on_objects`, prints the outcome and sets
+    the ``Message`` output (plus ``Label_Image`` and ``Overview`` links for the first image done).
+    Returns the message.
+    """
+
+    def work(conn, inputs) -> str:
+        from omero.model import FileAnnotationI, ImageI
+        from omero.rtypes import robject
+
+        from dlcore.omero.workflows import run_on_objects, summary_message
+        from dlcore.progress import LineProgress
+
+        name = task or inputs.get("Model")
+        params = task_values(name, inputs) if task else parse_parameters(inputs.get("Model_Parameters"))
+        reports = run_on_objects(
+            conn, name, inputs.get("Data_Type", "Image"), inputs.get("IDs") or [], params,
+            detect_tissue=not inputs.get("Analyse_Whole_Image", False), mpp=inputs.get("Image_Pixel_Size_um"),
+            roi_cap=inputs.get("Max_ROIs"), progress=lambda label: LineProgress(label),
+        )
+        done = [r for r in reports if r.ok]
+        if done and done[0].output_id("label image"):
+            script_client.setOutput("Label_Image", robject(ImageI(done[0].output_id("label image"), False)))
+        if done and done[0].output_id("overview"):
+            script_client.setOutput("Overview", robject(FileAnnotationI(done[0].output_id("overview"), False)))
+        return summary_message(reports)
+
+    return script_body(script_client, work, conn=conn)
 
 
 def models_text(config=None) -> str:
