@@ -62,15 +62,19 @@ def check_configuration() -> tuple[CheckResult, Config]:
         config = load_config()
     except DlcoreError as exc:
         return CheckResult("configuration", False, str(exc), "correct the file named above"), Config()
-    where = str(config.source) if config.source else "no file; built-in defaults"
-    return CheckResult("configuration", True, f"read from {where}"), config
+    if config.source is None:
+        return CheckResult("configuration", True, "no configuration file; built-in defaults apply"), config
+    return CheckResult("configuration", True, f"read from {config.source}"), config
 
 
 def check_gpu(gpus: GpuInventory, *, expect_gpu: bool) -> CheckResult:
     """Whether CUDA GPUs are visible (a failure only when ``expect_gpu``)."""
     if gpus.count:
         return CheckResult("gpu", True, f"{gpus.count} CUDA GPU(s) visible: {', '.join(gpus.ids)} (from {gpus.source})")
-    detail = f"no CUDA GPU visible (looked at CUDA_VISIBLE_DEVICES, nvidia-smi, /proc; {gpus.source})"
+    if gpus.source == "CUDA_VISIBLE_DEVICES":
+        detail = "no CUDA GPU visible (CUDA_VISIBLE_DEVICES hides them all)"
+    else:
+        detail = "no CUDA GPU visible (neither nvidia-smi nor /proc/driver/nvidia lists one)"
     if not expect_gpu:
         return CheckResult("gpu", True, detail + "; not required here")
     return CheckResult(

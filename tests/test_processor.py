@@ -316,6 +316,15 @@ def _script_job(job_id: int, parse: bool = False):
     return job
 
 
+def _process_job(processor, adapter, job_id: int):
+    """What processJob does after joining the user's session: ProcessorI.process on a run job."""
+    params = omero.grid.JobParams()
+    params.inputs = {}
+    current = Ice.Current()
+    current.adapter, current.ctx = adapter, {}
+    return processor.process(FakeClient(), "session-uuid", _script_job(job_id), current, params)
+
+
 def test_is_a_real_processor_servant():
     assert issubclass(DlcoreProcessorI, omero.processor.ProcessorI)
     assert issubclass(DlcoreProcessorI, omero.grid.Processor)
@@ -376,11 +385,7 @@ def test_dl_run_gets_its_gpu_and_frees_the_slot_when_done(make_processor, ice, t
         sf.scripts.add_script(job_id, 101, "/Deep_Learning/", "Segment_Nuclei.py", script)
 
     assert processor.willAccept(None, None, _script_job(1), callback) is True
-    params = omero.grid.JobParams()
-    params.inputs = {}
-    current = Ice.Current()
-    current.adapter, current.ctx = adapter, {}
-    prx, process = processor.process(FakeClient(), "session-uuid", _script_job(1), current, params)
+    prx, process = _process_job(processor, adapter, 1)
     assert prx is not None and process.pid
     for _ in range(200):
         if seen.exists() and seen.read_text():
@@ -403,11 +408,7 @@ def test_non_dl_run_keeps_omero_environment(make_processor, ice, tmp_path):
     script = f"import os, pathlib; pathlib.Path({str(seen)!r}).write_text(os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>'))\n"
     sf.scripts.add_script(1, 102, "/omero/util_scripts/", "Move.py", script)
     assert processor.willAccept(None, None, _script_job(1), callback) is True
-    params = omero.grid.JobParams()
-    params.inputs = {}
-    current = Ice.Current()
-    current.adapter, current.ctx = adapter, {}
-    _prx, process = processor.process(FakeClient(), "session-uuid", _script_job(1), current, params)
+    _prx, process = _process_job(processor, adapter, 1)
     assert process.wait() == 0  # ProcessI reaps it and uploads (here: fails to) its output
     assert seen.read_text() == "<unset>"
     assert processor.policy.slots.in_use() == 0
