@@ -136,7 +136,7 @@ def _models_repo(root: Path) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
-    """Run site.yml twice into a sandbox; yield the paths and the two runs' outputs."""
+    """Run site.yml into a sandbox: twice, then in check mode; yield the paths and the outputs."""
     tmp = tmp_path_factory.mktemp("deploy")
     prefix = tmp / "root"
     node_server = _fake_omero_server(prefix / "opt" / "omero" / "server" / "OMERO.server")
@@ -194,10 +194,10 @@ def sandbox(tmp_path_factory):
     (tmp / "inventory.json").write_text(json.dumps(inventory))
     (tmp / "extra.json").write_text(json.dumps(extra))
     runs = []
-    for _ in range(2):
+    for mode in ([], [], ["--check", "--diff"]):  # install, again (idempotence), dry run
         done = subprocess.run(
             [_tool("ansible-playbook"), "-i", str(tmp / "inventory.json"), "-e", f"@{tmp / 'extra.json'}",
-             str(ANSIBLE_DIR / "site.yml")],
+             *mode, str(ANSIBLE_DIR / "site.yml")],
             cwd=ANSIBLE_DIR, env=_env(), capture_output=True, text=True, timeout=1200,
         )
         assert done.returncode == 0, f"ansible-playbook failed:\n{done.stdout[-8000:]}\n{done.stderr[-3000:]}"
@@ -217,11 +217,23 @@ def _recap(output: str) -> dict[str, dict[str, int]]:
 
 
 def test_first_run_changes_and_second_run_changes_nothing(sandbox):
-    first, second = (_recap(run) for run in sandbox["runs"])
+    first, second, dry = (_recap(run) for run in sandbox["runs"])
     assert set(first) == {"master", "gpu1"}
     assert first["gpu1"]["changed"] > 5 and first["master"]["changed"] >= 2
     assert {host: counts["changed"] for host, counts in second.items()} == {"master": 0, "gpu1": 0}, sandbox["runs"][1][-3000:]
     assert all(counts["failed"] == 0 for counts in second.values())
+    # Check mode works on a node already set up (what the runbook's --check --diff relies on).
+    assert {host: counts["changed"] for host, counts in dry.items()} == {"master": 0, "gpu1": 0}, sandbox["runs"][2][-3000:]
+
+
+@pytest.mark.parametrize("role", ["dlcore_processor", "dlcore_scripts"])
+def test_every_role_variable_is_documented(role):
+    import yaml
+
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles" / role / "defaults" / "main.yml").read_text())
+    readme = (ANSIBLE_DIR / "roles" / role / "README.md").read_text()
+    undocumented = [name for name in defaults if f"`{name}`" not in readme]
+    assert not undocumented, f"{role}/README.md does not document {undocumented}"
 
 
 def test_environment_imports_dlcore_omero_and_torch(sandbox):
@@ -298,8 +310,8 @@ def test_nodedescriptors_set_once_on_master(sandbox):
     }
     calls = (master / "omero-calls.log").read_text().splitlines()
     sets = [c for c in calls if c.startswith("config set")]
-    assert len(sets) == 1  # the second run read the value and left it alone
-    assert sum(c.startswith("config get omero.server.nodedescriptors") for c in calls) == 2
+    assert len(sets) == 1  # later runs read the value and left it alone
+    assert sum(c.startswith("config get omero.server.nodedescriptors") for c in calls) == 3  # 3 runs
 
 
 def test_scripts_installed_and_retired_ones_removed(sandbox):
