@@ -295,6 +295,7 @@ def test_systemd_unit_and_node_config_rendered(sandbox):
     assert f"Environment=OMERODIR={server}" in unit
     assert f"Environment=PATH={venv}/bin:" in unit
     assert "User=root" in unit and "WantedBy=multi-user.target" in unit
+    assert (server / "var" / "gpu1").is_dir() and (server / "var" / "log").is_dir()
     node_cfg = (server / "etc" / "gpu1.cfg").read_text()
     assert "IceGrid.Node.Name=gpu1" in node_cfg
     assert "IceGrid.Node.Endpoints=tcp -h 192.0.2.11" in node_cfg

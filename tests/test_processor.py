@@ -455,3 +455,16 @@ def test_hook_can_be_switched_off(monkeypatch):
     assert hook.install(["runProcessor.py"]) is False
     assert hook.is_processor_launch(["/opt/omero/server/venv3/lib/python3.11/site-packages/runProcessor.py"])
     assert not hook.is_processor_launch(["/usr/bin/omero"])
+
+
+def test_hook_falls_back_to_omero_class_when_dlcore_fails(monkeypatch, caplog):
+    import types
+
+    from dlcore.processor import hook
+
+    module = types.ModuleType("omero.processor")
+    module.ProcessorI = omero.processor.ProcessorI
+    monkeypatch.setitem(sys.modules, "dlcore.processor.server", None)  # import now fails
+    assert hook.patch(module) is False
+    assert module.ProcessorI is omero.processor.ProcessorI
+    assert "OMERO's ProcessorI serves unchanged" in caplog.text

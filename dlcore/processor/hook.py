@@ -32,19 +32,42 @@ PTH_LINE = "import dlcore.processor.hook; dlcore.processor.hook.install()\n"
 
 
 def is_processor_launch(argv: list[str]) -> bool:
-    """Whether ``argv`` is that of OMERO's processor launcher (``runProcessor.py``)."""
+    """Whether a program is OMERO's processor launcher.
+
+    Parameters
+    ----------
+    argv : list of str
+        The program's ``sys.argv``.
+
+    Returns
+    -------
+    bool
+        True when ``argv[0]`` names ``runProcessor.py`` (run as a file or with ``-m``).
+    """
     return bool(argv) and os.path.basename(argv[0]) in LAUNCHERS
 
 
 def patch(module) -> bool:
-    """Replace ``module.ProcessorI`` by dlcore's class; False (and a logged reason) on failure."""
+    """Make ``module`` (the loaded ``omero.processor``) hand out dlcore's processor class.
+
+    Parameters
+    ----------
+    module : module
+        ``omero.processor``, just executed.
+
+    Returns
+    -------
+    bool
+        True when ``module.ProcessorI`` is now :class:`~dlcore.processor.server.DlcoreProcessorI`;
+        False when dlcore's class failed to load (logged; OMERO's class is left in place so the
+        node keeps processing scripts).
+    """
     try:
         from dlcore.processor.server import DlcoreProcessorI
     except Exception:  # never take the node's processor down with us
         logger.exception("dlcore processor extension not loaded; OMERO's ProcessorI serves unchanged")
         return False
     module.ProcessorI = DlcoreProcessorI
-    module._dlcore_original_ProcessorI = DlcoreProcessorI.__mro__[1]
     return True
 
 
@@ -80,7 +103,20 @@ class ProcessorFinder(importlib.abc.MetaPathFinder):
 
 
 def install(argv: list[str] | None = None) -> bool:
-    """Add the import hook unless disabled or already there; True when it was added."""
+    """Add the import hook (what the ``.pth`` line calls at interpreter start).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The program's arguments, read when ``omero.processor`` is imported (default
+        ``sys.argv`` at that moment).
+
+    Returns
+    -------
+    bool
+        True when the hook was added; False when ``DLCORE_PROCESSOR_EXTENSION=0``, when
+        ``omero.processor`` is already imported, or when the hook is already there.
+    """
     if os.environ.get("DLCORE_PROCESSOR_EXTENSION", "1") == "0":
         return False
     if TARGET in sys.modules or any(isinstance(f, ProcessorFinder) for f in sys.meta_path):

@@ -13,7 +13,8 @@ is what decides.
 
 The rules, for a deep-learning script:
 
-* node with GPUs, parse job (OMERO reading the parameters): accept; it needs no GPU;
+* node with GPUs, parse job (a ``ParseJob``: OMERO reading the parameters, which it then caches):
+  accept; it needs no GPU;
 * node with GPUs, run job: accept only while a GPU slot is free (``gpus x gpu_slots_per_gpu``);
   the slot is reserved at ``willAccept`` (another processor may win the job, so an unused
   reservation expires), held while the script's process lives, and freed when it exits;
