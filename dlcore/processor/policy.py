@@ -1,0 +1,259 @@
+"""Which deep-learning jobs an OMERO processor takes: the decision, free of OMERO.
+
+OMERO gives a job to the first processor that answers ``willAccept`` with yes.  This module owns
+the answer dlcore's processor (:mod:`dlcore.processor.server`) gives for deep-learning scripts;
+it imports neither ``omero`` nor ``torch``, so it is tested alone.
+
+A script is a *deep-learning script* when one folder of its path in OMERO's script repository
+is named in ``[processor] dl_script_folders`` (default ``Deep_Learning``).  An official script
+installed as ``lib/scripts/Deep_Learning/Segment_Nuclei.py`` has the OriginalFile path
+``/Deep_Learning/``, so it matches.  The folder is known before the script runs, unlike the
+``namespaces`` a script declares (which OMERO only learns by parsing the script), so the folder
+is what decides.
+
+The rules, for a deep-learning script:
+
+* node with GPUs, parse job (a ``ParseJob``: OMERO reading the parameters, which it then caches):
+  accept; it needs no GPU;
+* node with GPUs, run job: accept only while a GPU slot is free (``gpus x gpu_slots_per_gpu``);
+  the slot is reserved at ``willAccept`` (another processor may win the job, so an unused
+  reservation expires), held while the script's process lives, and freed when it exits;
+* node without GPU: decline when ``[processor] gpu_nodes`` names GPU nodes (they take the job);
+  accept when none is configured (a single-machine install runs on the CPU).
+
+Any other script is left to OMERO's usual rules.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from dlcore.config import ProcessorConfig
+from dlcore.errors import ParameterError
+
+logger = logging.getLogger(__name__)
+
+RESERVATION_TTL_S = 60.0
+"""How long a slot stays reserved for a job this processor accepted but has not started."""
+
+
+def is_dl_script(script_path: str, folders: Iterable[str]) -> bool:
+    """Whether a script's folder in OMERO's script repository marks it as deep learning.
+
+    Parameters
+    ----------
+    script_path : str
+        The script's OriginalFile path (``/Deep_Learning/``) or path and name
+        (``/Deep_Learning/Segment.py``).
+    folders : iterable of str
+        Folder names that mark deep-learning scripts (``[processor] dl_script_folders``).
+
+    Returns
+    -------
+    bool
+        True when any folder of the path is one of ``folders`` (case-sensitive, as OMERO's menus).
+    """
+    wanted = set(folders)
+    parts = [part for part in script_path.replace("\\", "/").split("/") if part]
+    if parts and parts[-1].endswith(".py"):
+        parts = parts[:-1]
+    return any(part in wanted for part in parts)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to one ``willAccept`` question.
+
+    Attributes
+    ----------
+    accept : bool
+        Whether this processor takes the job.
+    reason : str
+        Why, in words for the processor's log.
+    gpu : str or None
+        The GPU id reserved for the job (run jobs of deep-learning scripts on GPU nodes only).
+    """
+
+    accept: bool
+    reason: str
+    gpu: str | None = None
+
+
+@dataclass
+class _Slot:
+    gpu: str
+    deadline: float | None  # reservation expiry; None once the job runs
+    alive: Callable[[], bool] | None = None
+
+
+class GpuSlots:
+    """Thread-safe count of deep-learning jobs per GPU on one node.
+
+    Parameters
+    ----------
+    gpu_ids : iterable of str
+        The node's GPU ids (as ``CUDA_VISIBLE_DEVICES`` takes them).
+    slots_per_gpu : int
+        Concurrent deep-learning jobs each GPU takes.
+    reservation_ttl : float, optional
+        Seconds an accepted but not yet started job keeps its slot.
+    clock : callable, optional
+        Monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        gpu_ids: Iterable[str],
+        slots_per_gpu: int,
+        *,
+        reservation_ttl: float = RESERVATION_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gpu_ids = tuple(gpu_ids)
+        if slots_per_gpu < 1:
+            raise ParameterError(f"slots_per_gpu={slots_per_gpu} must be at least 1")
+        self.slots_per_gpu = slots_per_gpu
+        self.reservation_ttl = reservation_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._jobs: dict[int, _Slot] = {}
+
+    @property
+    def capacity(self) -> int:
+        """Total slots on the node."""
+        return len(self.gpu_ids) * self.slots_per_gpu
+
+    def _prune(self) -> None:
+        now = self._clock()
+        for job_id, slot in list(self._jobs.items()):
+            if slot.deadline is not None and now >= slot.deadline:
+                logger.info("job %s: reservation on GPU %s expired (another processor ran it)", job_id, slot.gpu)
+                del self._jobs[job_id]
+            elif slot.alive is not None and not slot.alive():
+                logger.info("job %s: finished, GPU %s slot freed", job_id, slot.gpu)
+                del self._jobs[job_id]
+
+    def _load(self) -> dict[str, int]:
+        load = dict.fromkeys(self.gpu_ids, 0)
+        for slot in self._jobs.values():
+            load[slot.gpu] = load.get(slot.gpu, 0) + 1
+        return load
+
+    def usage(self) -> dict[str, int]:
+        """Jobs reserved or running per GPU id."""
+        with self._lock:
+            self._prune()
+            return self._load()
+
+    def in_use(self) -> int:
+        """Slots reserved or running on the node."""
+        return sum(self.usage().values())
+
+    def reserve(self, job_id: int) -> str | None:
+        """Reserve a slot for a job; the least loaded GPU, or None when every slot is taken.
+
+        Reserving again for a job that holds a slot returns the same GPU.
+        """
+        with self._lock:
+            self._prune()
+            held = self._jobs.get(job_id)
+            if held is not None:
+                return held.gpu
+            load = self._load()
+            free = [gpu for gpu in self.gpu_ids if load[gpu] < self.slots_per_gpu]
+            if not free:
+                return None
+            gpu = min(free, key=lambda g: (load[g], self.gpu_ids.index(g)))
+            self._jobs[job_id] = _Slot(gpu, self._clock() + self.reservation_ttl)
+            return gpu
+
+    def reserved_gpu(self, job_id: int) -> str | None:
+        """The GPU reserved for (or running) a job, None when it holds no slot."""
+        with self._lock:
+            self._prune()
+            slot = self._jobs.get(job_id)
+            return slot.gpu if slot else None
+
+    def start(self, job_id: int, alive: Callable[[], bool]) -> None:
+        """Turn a job's reservation into a running slot, held while ``alive()`` is true."""
+        with self._lock:
+            slot = self._jobs.get(job_id)
+            if slot is None:
+                raise ParameterError(f"job {job_id} holds no GPU slot; reserve() it first")
+            slot.deadline = None
+            slot.alive = alive
+
+    def release(self, job_id: int) -> None:
+        """Free a job's slot now (e.g. its start failed)."""
+        with self._lock:
+            self._jobs.pop(job_id, None)
+
+
+class DlJobPolicy:
+    """dlcore's ``willAccept`` rule for one processor node (see the module docstring).
+
+    Parameters
+    ----------
+    config : ProcessorConfig
+        The ``[processor]`` section of dlcore's configuration.
+    gpu_ids : iterable of str
+        This node's GPUs (see :func:`dlcore.gpus.detect_gpus`).
+    config_error : str, optional
+        When dlcore's configuration could not be read: every deep-learning job is declined with
+        this message, so a broken node does not take them.
+    clock : callable, optional
+        Monotonic clock for the slot reservations (tests).
+    """
+
+    def __init__(
+        self,
+        config: ProcessorConfig,
+        gpu_ids: Iterable[str],
+        *,
+        config_error: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.config_error = config_error
+        self.slots = GpuSlots(gpu_ids, config.gpu_slots_per_gpu, clock=clock)
+
+    def describe(self) -> str:
+        """One line for the processor log: folders, GPUs and slots."""
+        return (
+            f"deep-learning folders {list(self.config.dl_script_folders)}, GPUs {list(self.slots.gpu_ids)}, "
+            f"{self.slots.capacity} slot(s), GPU nodes configured: {list(self.config.gpu_nodes) or 'none'}"
+        )
+
+    def decide(self, *, job_id: int, script_path: str, is_parse: bool) -> Verdict:
+        """Whether this node takes a job, reserving a GPU slot for accepted run jobs.
+
+        Parameters
+        ----------
+        job_id : int
+            The OMERO job's id (the same in ``willAccept`` and ``processJob``).
+        script_path : str
+            The script's OriginalFile path, with or without its name.
+        is_parse : bool
+            True for a ParseJob (OMERO reading the script's parameters).
+
+        Returns
+        -------
+        Verdict
+        """
+        if not is_dl_script(script_path, self.config.dl_script_folders):
+            return Verdict(True, "not a deep-learning script")
+        if self.config_error:
+            return Verdict(False, f"dlcore configuration unusable: {self.config_error}")
+        if not self.slots.gpu_ids:
+            if self.config.gpu_nodes:
+                return Verdict(False, f"no GPU on this node; GPU nodes {list(self.config.gpu_nodes)} take it")
+            return Verdict(True, "no GPU nodes configured; runs on this node's CPU")
+        if is_parse:
+            return Verdict(True, "parse job; needs no GPU slot")
+        gpu = self.slots.reserve(job_id)
+        if gpu is None:
+            return Verdict(False, f"all {self.slots.capacity} GPU slot(s) busy")
+        return Verdict(True, f"GPU {gpu} slot reserved", gpu=gpu)
