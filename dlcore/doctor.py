@@ -22,7 +22,6 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -132,16 +131,6 @@ def _weights_problems(rdf: dict, model_dir: Path) -> list[str]:
     return problems
 
 
-def _registry_validate() -> Callable[[Path], object] | None:
-    """``dlcore.models.registry.validate`` when that module provides one."""
-    try:
-        from dlcore.models import registry  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    validate = getattr(registry, "validate", None)
-    return validate if callable(validate) else None
-
-
 def model_problems(model_dir: Path) -> list[str]:
     """What is wrong with one bioimage.io package folder (empty when it looks valid)."""
     import yaml
@@ -157,12 +146,10 @@ def model_problems(model_dir: Path) -> list[str]:
         return ["rdf.yaml is not a mapping"]
     problems = [] if rdf.get("name") else ["rdf.yaml has no name"]
     problems += _weights_problems(rdf, model_dir)
-    validate = _registry_validate()
-    if validate is not None and not problems:
-        try:
-            validate(model_dir)
-        except DlcoreError as exc:
-            problems.append(str(exc))
+    if not problems:  # the full check: bioimageio.spec, sha256 of the weights, test tensors reproduced
+        from dlcore.models.registry import validate_package
+
+        problems += validate_package(model_dir).problems
     return problems
 
 

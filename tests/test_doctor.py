@@ -45,11 +45,20 @@ def _model(root: Path, name: str, *, rdf: str | None = None, weights: bool = Tru
     return folder
 
 
+@pytest.fixture(scope="module")
+def real_package(tmp_path_factory) -> Path:
+    from model_packages import tiny_semantic_package
+
+    return tiny_semantic_package(tmp_path_factory.mktemp("pkg") / "tiny")
+
+
 @pytest.fixture()
-def registry(tmp_path):
+def registry(tmp_path, real_package):
+    import shutil
+
     root = tmp_path / "models"
-    _model(root, "nuclei_unet")
-    _model(root, "tissue_classifier")
+    for name in ("nuclei_unet", "tissue_classifier"):
+        shutil.copytree(real_package, root / name)
     return root
 
 

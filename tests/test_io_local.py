@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 
 from dlcore.errors import InputError, SlideError
 from dlcore.io import open_slide

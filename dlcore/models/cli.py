@@ -6,7 +6,6 @@ message says why).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
