@@ -30,20 +30,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dlcore-bench", help="where slides are cached")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="task parameter")
+    p.add_argument("--tissue-fraction", type=float, default=0.55,
+                   help="fraction of a synthetic slide covered by tissue")
     p.add_argument("--skip-task-alone", action="store_true",
                    help="only the end-to-end run (memory figures on big slides); no efficiency")
 
 
-def _slide_for(size: int, cache: Path) -> Path:
+def _slide_for(size: int, cache: Path, tissue_fraction: float = 0.55) -> Path:
     from dlcore.demo import SyntheticSlideSpec, write_synthetic_slide
     from dlcore.progress import TqdmProgress
 
-    path = cache / f"synthetic-{size}.ome.tif"
+    suffix = "" if tissue_fraction == 0.55 else f"-tissue{tissue_fraction:g}"
+    path = cache / f"synthetic-{size}{suffix}.ome.tif"
     if not path.exists():
         cache.mkdir(parents=True, exist_ok=True)
         progress = TqdmProgress(prefix=f"{size}px ")
         tmp = path.with_suffix(".partial.tif")
-        write_synthetic_slide(tmp, SyntheticSlideSpec(width=size, height=size, seed=size), progress=progress)
+        write_synthetic_slide(tmp, SyntheticSlideSpec(width=size, height=size, seed=size, tissue_fraction=tissue_fraction), progress=progress)
         progress.close()
         tmp.rename(path)
     return path
@@ -114,7 +117,7 @@ def main(args) -> int:
 
     params = _param_pairs(args.param)
     rows = []
-    for slide in [*(_slide_for(size, args.cache) for size in args.sizes), *args.slides]:
+    for slide in [*(_slide_for(size, args.cache, args.tissue_fraction) for size in args.sizes), *args.slides]:
         print(f"benchmarking {args.task} on {slide.name} ...", flush=True)
         child = subprocess.run(
             [sys.executable, "-m", "dlcore.benchmark", str(slide), args.task, json.dumps(params),
