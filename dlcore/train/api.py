@@ -154,7 +154,8 @@ def card_markdown(spec: TrainSpec, dataset: AnnotatedDataset, split_sizes: dict,
     else:
         lines.append("No test split was held out (test_fraction=0): there is no independent figure of merit.")
     if kfold:
-        lines += ["", f"{kfold['k']}-fold cross-validation on the non-test images (mean ± sd):", ""]
+        lines += ["", f"{kfold['k']}-fold cross-validation on the non-test images (mean ± sd; each fold's "
+                  "validation images also decided its early stopping, so these are slightly optimistic):", ""]
         lines += [f"- {k}: {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in kfold["summary"].items()]
     lines += ["", "The QC report (learning curves, confusion matrix, overlays with errors marked) is in `report/`.", "",
               "## Limits", "", spec.limits or "Trained on few images; check it on your own data before use.", ""]
