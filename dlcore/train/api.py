@@ -240,7 +240,7 @@ def train_model(dataset: AnnotatedDataset, *, spec: TrainSpec, out_registry: Pat
         report = write_report(package / "report", title=f"QC report: {spec.name} {version}",
                               summary={"task": spec.task, "base model": base_model or "none (from scratch)",
                                        "frozen encoder stages": spec.freeze_stages, "split": sizes,
-                                       "package": str(package)},
+                                       "package": package.name},
                               test=test, metrics=test_metrics, predictions=predictions, history=history,
                               kfold=kfold)
         if progress:

@@ -43,7 +43,7 @@ def test_groups() -> tuple[str, ...]:
 def spec(*, quick: bool = False) -> TrainSpec:
     """The training settings of the shipped model (``quick``: a smoke-test version)."""
     return TrainSpec(
-        task="semantic", name=NAME, epochs=3 if quick else 12, steps_per_epoch=4 if quick else 15, batch_size=8,
+        task="semantic", name=NAME, epochs=3 if quick else 24, steps_per_epoch=4 if quick else 15, batch_size=8,
         patch_size=128, channels=(8, 16, 32, 64), lr=3e-3, val_fraction=0.15, test_groups=test_groups(),
         patience=8, augment=AugmentSpec(hed_sigma=0.03, hed_bias=0.005, brightness=0.05, blur_probability=0.2),
         tile_size=512, halo=32, seed=0, threads=2,
