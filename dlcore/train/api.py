@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlcore.errors import ParameterError
+from dlcore.errors import InputError, ParameterError
 from dlcore.train.data import AnnotatedDataset, describe
 from dlcore.train.evaluate import evaluate, headline, instance_postprocess
 from dlcore.train.metrics import summarise_folds
@@ -45,6 +45,8 @@ def _make_model(dataset: AnnotatedDataset, spec: TrainSpec, registry: Path, base
 
 
 def _check(dataset: AnnotatedDataset, spec: TrainSpec, base_model: str | None) -> None:
+    if not dataset.samples:
+        raise InputError("the dataset has no samples; annotate at least a few images")
     if spec.task != dataset.task:
         raise ParameterError(f"spec.task={spec.task!r} but the dataset is for {dataset.task!r}")
     if spec.freeze_stages and not base_model:
