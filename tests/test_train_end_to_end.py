@@ -106,3 +106,14 @@ def test_classification_with_kfold(tmp_path):
     assert "2-fold cross-validation" in (result.package_path / "README.md").read_text()
     saved = json.loads((result.report_path.parent / "metrics.json").read_text())
     assert saved["test"]["accuracy"] == result.metrics["test"]["accuracy"]
+
+
+def test_refuses_empty_dataset_and_freeze_without_base(tmp_path):
+    from dlcore.errors import InputError, ParameterError
+    from dlcore.train.api import train_model
+
+    with pytest.raises(InputError, match="no samples"):
+        train_model(AnnotatedDataset((), "instances", ("nucleus",)),
+                    spec=TrainSpec(task="instances", name="empty-model"), out_registry=tmp_path)
+    with pytest.raises(ParameterError, match="base model"):
+        train_model(_instances(), spec=TrainSpec(task="instances", name="x-model", freeze_stages=1), out_registry=tmp_path)

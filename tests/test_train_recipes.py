@@ -1,7 +1,7 @@
 """The recipes' datasets keep the held-out quadrant out of training (no training run here)."""
 import numpy as np
 
-from dlcore.train.recipes import HELD_OUT, in_test_region, test_corners, train_corners, training_blocks
+from dlcore.train.recipes import HELD_OUT, heldout_corners, in_test_region, training_blocks, training_corners
 from dlcore.train.recipes.classifier import patch_class
 
 
@@ -9,10 +9,10 @@ def test_training_crops_never_touch_the_held_out_quadrant():
     for y, x in training_blocks():
         assert not in_test_region(y, x, 128)
     covered = np.zeros((512, 512), bool)
-    for y, x in train_corners():
+    for y, x in training_corners():
         covered[y:y + 128, x:x + 128] = True
     assert not covered[HELD_OUT].any() and covered.sum() == 512 * 512 - 256 * 256
-    for y, x in test_corners():
+    for y, x in heldout_corners():
         assert y >= 256 and x >= 256 and y + 128 <= 512 and x + 128 <= 512
 
 

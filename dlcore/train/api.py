@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlcore.errors import ParameterError
+from dlcore.errors import InputError, ParameterError
 from dlcore.train.data import AnnotatedDataset, describe
 from dlcore.train.evaluate import evaluate, headline, instance_postprocess
 from dlcore.train.metrics import summarise_folds
@@ -45,6 +45,8 @@ def _make_model(dataset: AnnotatedDataset, spec: TrainSpec, registry: Path, base
 
 
 def _check(dataset: AnnotatedDataset, spec: TrainSpec, base_model: str | None) -> None:
+    if not dataset.samples:
+        raise InputError("the dataset has no samples; annotate at least a few images")
     if spec.task != dataset.task:
         raise ParameterError(f"spec.task={spec.task!r} but the dataset is for {dataset.task!r}")
     if spec.freeze_stages and not base_model:
@@ -154,7 +156,8 @@ def card_markdown(spec: TrainSpec, dataset: AnnotatedDataset, split_sizes: dict,
     else:
         lines.append("No test split was held out (test_fraction=0): there is no independent figure of merit.")
     if kfold:
-        lines += ["", f"{kfold['k']}-fold cross-validation on the non-test images (mean ± sd):", ""]
+        lines += ["", f"{kfold['k']}-fold cross-validation on the non-test images (mean ± sd; each fold's "
+                  "validation images also decided its early stopping, so these are slightly optimistic):", ""]
         lines += [f"- {k}: {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in kfold["summary"].items()]
     lines += ["", "The QC report (learning curves, confusion matrix, overlays with errors marked) is in `report/`.", "",
               "## Limits", "", spec.limits or "Trained on few images; check it on your own data before use.", ""]
@@ -239,7 +242,7 @@ def train_model(dataset: AnnotatedDataset, *, spec: TrainSpec, out_registry: Pat
         report = write_report(package / "report", title=f"QC report: {spec.name} {version}",
                               summary={"task": spec.task, "base model": base_model or "none (from scratch)",
                                        "frozen encoder stages": spec.freeze_stages, "split": sizes,
-                                       "package": str(package)},
+                                       "package": package.name},
                               test=test, metrics=test_metrics, predictions=predictions, history=history,
                               kfold=kfold)
         if progress:

@@ -79,11 +79,12 @@ class AnnotatedDataset:
 
 
 def validate_dataset(dataset: AnnotatedDataset) -> None:
-    """Raise :class:`~dlcore.errors.InputError` when the dataset cannot be trained on as it is."""
+    """Raise :class:`~dlcore.errors.InputError` when a sample or the classes are inconsistent.
+
+    An empty dataset is valid (an empty split part); :func:`dlcore.train.train_model` refuses to train on one.
+    """
     if dataset.task not in TASKS:
         raise ParameterError(f"task={dataset.task!r} must be one of {TASKS}")
-    if not dataset.samples:
-        raise InputError("the dataset has no samples; annotate at least a few images")
     if not dataset.classes:
         raise InputError("the dataset names no classes")
     for s in dataset.samples:

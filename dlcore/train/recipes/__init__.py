@@ -85,13 +85,13 @@ def make_mosaic(source: np.ndarray, source_labels: np.ndarray, corners: list[tup
     return Mosaic(image, np.where(tissue, labels, 0).astype(np.int32))
 
 
-def test_corners(crop: int = 128) -> list[tuple[int, int]]:
+def heldout_corners(crop: int = 128) -> list[tuple[int, int]]:
     """Crop corners inside the held-out quadrant."""
     y0, x0 = HELD_OUT[0].start, HELD_OUT[1].start
     return [(y, x) for y in range(y0, 512 - crop + 1, 32) for x in range(x0, 512 - crop + 1, 32)]
 
 
-def train_corners(crop: int = 128) -> list[tuple[int, int]]:
+def training_corners(crop: int = 128) -> list[tuple[int, int]]:
     """Crop corners whose crops stay outside the held-out quadrant."""
     return [(y, x) for y in range(0, 512 - crop + 1, 32) for x in range(0, 512 - crop + 1, 32)
             if not in_test_region(y, x, crop)]

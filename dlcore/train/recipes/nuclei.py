@@ -32,10 +32,10 @@ def build_dataset() -> AnnotatedDataset:
 def spec(*, quick: bool = False) -> TrainSpec:
     """The training settings of the shipped model (``quick``: a smoke-test version)."""
     return TrainSpec(
-        task="instances", name=NAME, epochs=3 if quick else 40, steps_per_epoch=4 if quick else 20, batch_size=8,
+        task="instances", name=NAME, epochs=3 if quick else 15, steps_per_epoch=4 if quick else 20, batch_size=8,
         patch_size=96, channels=(16, 32, 64), lr=3e-3, val_fraction=0.15, test_groups=("held-out-quadrant",),
-        patience=10, augment=AugmentSpec(hed_sigma=0.05, hed_bias=0.01, brightness=0.05, blur_probability=0.2),
-        boundary_width=2, min_size=30, tile_size=512, halo=32, seed=0, max_seconds=300, threads=2,
+        patience=6, augment=AugmentSpec(hed_sigma=0.05, hed_bias=0.01, brightness=0.05, blur_probability=0.2),
+        boundary_width=2, min_size=30, tile_size=512, halo=32, seed=0, threads=2,
         description="Nuclei instance segmentation for IHC/H&E brightfield (foreground + boundary U-Net, "
                     "watershed post-processing).",
         training_data="scikit-image's `immunohistochemistry()` image (one real 512 x 512 IHC section, "

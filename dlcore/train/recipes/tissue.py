@@ -12,7 +12,7 @@ import numpy as np
 
 from dlcore.train.augment import AugmentSpec
 from dlcore.train.data import AnnotatedDataset, Sample
-from dlcore.train.recipes import NOMINAL_MPP, dab_labels, ihc_image, make_mosaic, test_corners, train_corners
+from dlcore.train.recipes import NOMINAL_MPP, dab_labels, heldout_corners, ihc_image, make_mosaic, training_corners
 from dlcore.train.spec import TrainSpec
 
 NAME = "tissue-ihc-unet"
@@ -24,8 +24,8 @@ def mosaics(*, n_train: int = 24, n_test: int = 4, seed: int = 0):
     image = ihc_image()
     labels = dab_labels(image)
     rng = np.random.default_rng(seed)
-    out = [(make_mosaic(image, labels, train_corners(), rng), f"train-mosaic-{i}", False) for i in range(n_train)]
-    out += [(make_mosaic(image, labels, test_corners(), rng), f"test-mosaic-{i}", True) for i in range(n_test)]
+    out = [(make_mosaic(image, labels, training_corners(), rng), f"train-mosaic-{i}", False) for i in range(n_train)]
+    out += [(make_mosaic(image, labels, heldout_corners(), rng), f"test-mosaic-{i}", True) for i in range(n_test)]
     return out
 
 
@@ -36,17 +36,17 @@ def build_dataset() -> AnnotatedDataset:
     return AnnotatedDataset(tuple(samples), "semantic", CLASSES)
 
 
-def test_groups() -> tuple[str, ...]:
+def heldout_groups() -> tuple[str, ...]:
     return tuple(group for _, group, is_test in mosaics() if is_test)
 
 
 def spec(*, quick: bool = False) -> TrainSpec:
     """The training settings of the shipped model (``quick``: a smoke-test version)."""
     return TrainSpec(
-        task="semantic", name=NAME, epochs=3 if quick else 30, steps_per_epoch=4 if quick else 15, batch_size=8,
-        patch_size=128, channels=(8, 16, 32, 64), lr=3e-3, val_fraction=0.15, test_groups=test_groups(),
+        task="semantic", name=NAME, epochs=3 if quick else 24, steps_per_epoch=4 if quick else 15, batch_size=8,
+        patch_size=128, channels=(8, 16, 32, 64), lr=3e-3, val_fraction=0.15, test_groups=heldout_groups(),
         patience=8, augment=AugmentSpec(hed_sigma=0.03, hed_bias=0.005, brightness=0.05, blur_probability=0.2),
-        tile_size=512, halo=32, seed=0, max_seconds=300, threads=2,
+        tile_size=512, halo=32, seed=0, threads=2,
         description="Tissue segmentation for IHC brightfield: background (glass or black margin), DAB-negative "
                     "tissue, DAB-positive tissue.",
         training_data="Synthetic 256 x 256 mosaics of 128 px crops of scikit-image's `immunohistochemistry()` image "
