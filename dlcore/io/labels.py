@@ -91,24 +91,52 @@ class LabelCanvas:
             current = new.astype(self.dtype, copy=True)
         self.levels[0][y0:y1, x0:x1] = current
 
+    def stored_chunks(self, level: int) -> set[tuple[int, int]]:
+        """(row, column) indices of the chunks of ``level`` that hold labels (empty ones are not stored)."""
+        root = self.path / str(level)
+        return {
+            (int(row.name), int(col.name))
+            for row in root.iterdir() if row.is_dir() and row.name.isdigit()
+            for col in row.iterdir() if col.name.isdigit()
+        }
+
+    def _has_labels(self, stored: set[tuple[int, int]], y0: int, x0: int, y1: int, x1: int) -> bool:
+        """True when a stored chunk overlaps rows ``[y0, y1)`` and columns ``[x0, x1)``."""
+        c = self.chunk
+        return any((r, q) in stored for r in range(y0 // c, (y1 - 1) // c + 1) for q in range(x0 // c, (x1 - 1) // c + 1))
+
     def build_pyramid(self, *, min_side: int = 256, block: int = 2048) -> None:
-        """Add levels, each half the previous, until the long side is below ``min_side``."""
+        """Add levels, each half the previous, until the long side is below ``min_side``.
+
+        Blocks without any stored chunk (no objects) are skipped: they stay empty.
+        """
         while max(self.levels[-1].shape) > min_side and min(self.levels[-1].shape) > 1:
             prev = self.levels[-1]
+            stored = self.stored_chunks(len(self.levels) - 1)
             h, w = (prev.shape[0] + 1) // 2, (prev.shape[1] + 1) // 2
             level = self._create_level(len(self.levels), w, h)
             for by in range(0, h, block):
                 for bx in range(0, w, block):
-                    src = np.asarray(prev[2 * by:2 * (by + block), 2 * bx:2 * (bx + block)])
-                    level[by:by + block, bx:bx + block] = src[::2, ::2]
+                    y0, x0 = 2 * by, 2 * bx
+                    y1, x1 = min(2 * (by + block), prev.shape[0]), min(2 * (bx + block), prev.shape[1])
+                    if self._has_labels(stored, y0, x0, y1, x1):
+                        level[by:by + block, bx:bx + block] = np.asarray(prev[y0:y1, x0:x1])[::2, ::2]
             self.levels.append(level)
 
     def iter_tiles(self, level: int, tile: int) -> Iterator[np.ndarray]:
-        """Tiles of ``level`` in row-major order, each ``tile x tile`` (edges zero-padded)."""
+        """Tiles of ``level`` in row-major order, each ``tile x tile`` (edges zero-padded).
+
+        Tiles over chunks that were never stored are yielded as zeros without reading the store.
+        """
         array = self.levels[level]
+        stored = self.stored_chunks(level)
+        empty = np.zeros((tile, tile), dtype=self.dtype)
         h, w = array.shape
         for ty in range(0, h, tile):
             for tx in range(0, w, tile):
+                if not self._has_labels(stored, ty, tx, min(ty + tile, h), min(tx + tile, w)):
+                    yield empty
+                    continue
                 block = np.asarray(array[ty:ty + tile, tx:tx + tile])
                 if block.shape != (tile, tile):
                     block = np.pad(block, ((0, tile - block.shape[0]), (0, tile - block.shape[1])))
