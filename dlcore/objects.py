@@ -36,32 +36,38 @@ class ObjectRecord:
 def outline(mask: np.ndarray, *, max_vertices: int = MAX_POLYGON_VERTICES) -> np.ndarray:
     """The outer outline of a binary object as ``(N, 2)`` (row, col) vertices, at most ``max_vertices``.
 
-    The contour runs along the object's boundary (iso-level 0.5 between pixel centres) and is
-    simplified (Douglas-Peucker, GEOS) with a tolerance doubled from 0.5 pixel until it fits the
-    vertex budget.
+    The outline follows the pixel edges (vertices on half-pixel positions, like a label image's
+    boundary), not the boundary pixels' centres: OpenCV traces the boundary pixels, the traced polygon
+    is grown by half a pixel with mitred corners (exact for straight edges and single pixels), and then
+    simplified (Douglas-Peucker, GEOS) with a tolerance doubled from 0.5 pixel until it fits the budget.
     """
+    import cv2
     import shapely
-    from skimage.measure import find_contours
 
-    contours = find_contours(np.pad(mask, 1).astype(np.uint8), 0.5)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return np.zeros((0, 2))
-    contour = max(contours, key=len) - 1
-    if len(contour) < 4:
-        return contour[:-1] if len(contour) > 1 and np.allclose(contour[0], contour[-1]) else contour
-    ring = shapely.linearrings(contour)
-    best = contour[:-1]
-    tolerance = 0.5
-    while len(best) > max_vertices and tolerance <= max(mask.shape):
-        poly = shapely.get_coordinates(shapely.simplify(ring, tolerance, preserve_topology=False))[:-1]
-        if len(poly) < 3:
+    points = max(contours, key=len)[:, 0, :].astype(np.float64)  # (x, y) of boundary pixel centres
+    if len(points) >= 3:
+        traced = shapely.make_valid(shapely.Polygon(points))
+    elif len(points) == 2:
+        traced = shapely.LineString(points)
+    else:
+        traced = shapely.Point(points[0])
+    shape = traced.buffer(0.5, join_style="mitre", cap_style="square", mitre_limit=2.0)
+    if shape.geom_type != "Polygon":  # a traced outline touching itself: keep its largest part
+        shape = max(getattr(shape, "geoms", [shape]), key=lambda g: g.area)
+    tolerance = 0.25
+    poly = shape
+    while len(poly.exterior.coords) - 1 > max_vertices or tolerance == 0.25:
+        simpler = shapely.simplify(shape, tolerance, preserve_topology=True)
+        if simpler.is_empty or len(simpler.exterior.coords) < 4:
             break
-        best = poly
+        poly = simpler
         tolerance *= 2
-    if len(best) > 16 and tolerance == 0.5:  # under budget already: still drop collinear vertices
-        poly = shapely.get_coordinates(shapely.simplify(ring, 0.25, preserve_topology=True))[:-1]
-        best = poly if len(poly) >= 3 else best
-    return best
+        if tolerance > max(mask.shape):
+            break
+    return np.asarray(poly.exterior.coords)[:-1, ::-1]
 
 
 def measure_object(

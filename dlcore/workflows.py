@@ -48,6 +48,7 @@ class RunOptions:
     reader_threads: tile prefetch threads.
     calibration_samples: windows sampled on tissue for the task's slide-wide calibration.
     work_dir: scratch space for the label canvas (None = system temp).
+    task_process: run tasks that ask for it (``runs_in_process``) in a worker process.
     """
 
     mpp: float | None = None
@@ -56,6 +57,7 @@ class RunOptions:
     calibration_samples: int = 8
     calibration_size: int = 512
     work_dir: Path | None = None
+    task_process: bool = True
 
 
 @dataclass(frozen=True)
@@ -166,10 +168,11 @@ def analyse_slide(
 
         log.info("%s: %d tiles of %d px (+%d halo) at %s", info.name, len(tiles), task.tile_size, task.halo,
                  f"{plan.working_mpp:.3f} µm/px" if plan.working_mpp else "native resolution")
-        times = run_tiles(
-            slide, plan, tiles, predict=task.predict, consume=consume, batch_size=task.batch_size,
-            reader_threads=options.reader_threads, progress=progress,
-        )
+        with _predictor(task, options) as predict:
+            times = run_tiles(
+                slide, plan, tiles, predict=predict, consume=consume, batch_size=task.batch_size,
+                reader_threads=options.reader_threads, progress=progress,
+            )
         t0 = time.perf_counter()
         canvas.build_pyramid()
         overview = render_overview(
@@ -195,6 +198,18 @@ def analyse_slide(
         canvas.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return RunResult(summary=summary, outputs=outputs, provenance=provenance)
+
+
+def _predictor(task: Task, options: RunOptions):
+    """A context manager giving the task's ``predict``: in a worker process for CPU-bound Python tasks
+    that ask for it (``runs_in_process``), see :mod:`dlcore.tiling.worker`."""
+    import contextlib
+
+    if options.task_process and getattr(task, "runs_in_process", False):
+        from dlcore.tiling.worker import ProcessPredictor
+
+        return ProcessPredictor(task)
+    return contextlib.nullcontext(task.predict)
 
 
 def _overview_labels(canvas: LabelCanvas, thumb_shape: tuple[int, ...]) -> np.ndarray:

@@ -15,6 +15,8 @@ Optional hooks the workflow uses when a task has them:
 
 - ``class_colors``: one RGB triple per class, for overviews and outlines;
 - ``classify_object(mask, image) -> str | None``: a class for each segmented object;
+- ``runs_in_process``: True for CPU-bound tasks written in Python-level numpy/scipy, which then run
+  in a worker process so the pipeline's threads do not slow them down (:mod:`dlcore.tiling.worker`);
 - ``min_object_pixels``: the smallest object an instance task keeps; the stitcher applies it again to
   objects it had to trim where they overlap a neighbouring tile's object;
 - ``make_stitcher(canvas, plan)``: a stitcher of its own (e.g. one that also keeps probabilities);

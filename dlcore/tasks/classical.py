@@ -84,6 +84,7 @@ class ClassicalNuclei:
     name = "nuclei-classical"
     version = "1"
     kind = "instances"
+    runs_in_process = True  # Python-level numpy/scipy: keep it off the pipeline's interpreter lock
     class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
