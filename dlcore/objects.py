@@ -134,6 +134,6 @@ def object_record(
         area_um2=area * mpp * mpp if mpp else None,
         perimeter_px=perimeter * factor,
         mean_intensity=means,
-        polygon=tuple((float((c + 0.5 + ox) * factor), float((r + 0.5 + oy) * factor)) for r, c in poly),
+        polygon=tuple(map(tuple, ((poly[:, ::-1] + (0.5 + ox, 0.5 + oy)) * factor).tolist())),
         class_name=class_name,
     )

@@ -22,6 +22,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from dlcore.errors import OutputError
 from dlcore.io.sink import RunContext, RunOutputs, object_columns, object_row
 from dlcore.objects import ObjectRecord
@@ -75,7 +77,7 @@ class LocalFolderSink:
                 self._first_feature = False
 
     def _feature(self, obj: ObjectRecord) -> dict:
-        ring = [[round(x, 2), round(y, 2)] for x, y in obj.polygon]
+        ring = np.round(np.asarray(obj.polygon), 2).tolist()
         ring.append(ring[0])
         props: dict = {
             "objectType": "detection",
