@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,7 +38,6 @@ class StageTimes:
     wall: float = 0.0
     tiles: int = 0
     pixels: int = 0
-    task_calls: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, float]:
         return {"read_s": round(self.read, 3), "task_s": round(self.task, 3), "stitch_write_s": round(self.write, 3),
@@ -119,9 +118,7 @@ def run_tiles(
                 pending.append([pool.submit(timed_read, t) for t in batches[nxt]])
             start = time.perf_counter()
             predictions = predict(windows)
-            elapsed = time.perf_counter() - start
-            times.task += elapsed
-            times.task_calls.append(elapsed)
+            times.task += time.perf_counter() - start
             times.tiles += len(batch)
             times.pixels += sum(t.width * t.height for t in batch)
             write_queue.put(list(zip(batch, windows, predictions)))

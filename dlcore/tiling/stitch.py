@@ -49,6 +49,7 @@ class InstanceStitcher:
         self.truncated = 0
         self.duplicates = 0
         self.total_area_px = 0
+        self._coords: tuple | None = None  # (window shape, flattened rows, flattened columns)
 
     def add(self, tile: Tile, window: np.ndarray, labels: np.ndarray) -> list[ObjectRecord]:
         """Stitch one tile: write the objects it owns and return their records.
@@ -121,7 +122,7 @@ class InstanceStitcher:
 
     def _coordinates(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Flattened row and column indices of a window (cached: windows share their shape)."""
-        cached = getattr(self, "_coords", None)
+        cached = self._coords
         if cached is None or cached[0] != shape:
             h, w = shape
             cached = (shape, np.repeat(np.arange(h, dtype=np.float64), w), np.tile(np.arange(w, dtype=np.float64), h))
