@@ -98,10 +98,10 @@ def _task_alone_seconds(slide, task, plan, size: tuple[int, int]) -> float:
     from dlcore.tiling.engine import read_window
     from dlcore.tiling.grid import GridSpec, make_grid
     from dlcore.tiling.tissue import detect_tissue
-    from dlcore.workflows import calibration_windows
+    from dlcore.workflows import calibration_windows, task_at_resolution
 
     tissue = detect_tissue(slide)
-    task = task.prepare(calibration_windows(slide, plan, slide.info, tissue, count=8, size=512))
+    task = task_at_resolution(task, plan).prepare(calibration_windows(slide, plan, slide.info, tissue, count=8, size=512))
     tiles = make_grid(size[0], size[1], GridSpec(task.tile_size, task.halo), mask=tissue.mask)
     seconds = 0.0
     for i in range(0, len(tiles), task.batch_size):

@@ -24,6 +24,19 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PLUGIN_COMMANDS = ("dlcore.doctor", "dlcore.models.cli", "dlcore.train.cli")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` that states each option's default once: appended as ``(default: X)`` only when the
+    option has a real default (not None, not an off switch) and its help text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default is None or default is False or default == []
+                or default is argparse.SUPPRESS or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _parse_value(text: str):
     """A --param value: JSON when it parses (numbers, true/false, null, lists), else the string."""
     try:
@@ -48,21 +61,36 @@ def _add_run_parser(sub) -> None:
         description="Run a task (e.g. nuclei-classical) or an installed model on one or more slides. "
                     "Results go to OUT/<slide>/<task>/: labels.ome.tif, objects.csv, objects.geojson "
                     "(QuPath: File > Import objects), overview.png, provenance.json. A re-run replaces them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("task", help="task or model name (see `dlcore models`)")
-    p.add_argument("slides", nargs="+", type=Path, help="slide files (OME-TIFF, SVS, NDPI, MRXS, TIFF, PNG, JPEG)")
+    p.add_argument("slides", nargs="+", type=Path,
+                   help="slide files (OME-TIFF, SVS, NDPI, MRXS, TIFF, PNG, JPEG), or folders of them")
     p.add_argument("-o", "--out", type=Path, default=Path("dlcore-output"), help="output folder")
     p.add_argument("--mpp", type=float, help="the slides' pixel size in µm, for files that lack one (0.25 = 40x, 0.5 = 20x)")
     p.add_argument("--no-tissue-detection", action="store_true", help="analyse the whole image, not just detected tissue")
     p.add_argument("--label-format", choices=("ome-tiff", "ome-zarr"), default="ome-tiff", help="label image format")
     p.add_argument("--reader-threads", type=int, help="tile prefetch threads (default: from the configuration)")
+    _add_task_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+
+def _add_task_arguments(p: argparse.ArgumentParser) -> None:
+    """The task parameters ``run`` and ``evaluate`` share (named ones for nuclei-classical, --param for all)."""
     g = p.add_argument_group("task parameters (nuclei-classical; other tasks take --param)")
     g.add_argument("--channel", help="'hematoxylin', 'eosin', 'dab' (colour deconvolution) or a channel index")
+    g.add_argument("--stain-vectors", choices=("estimate", "reference"),
+                   help="stain vectors for colour deconvolution: estimated from the slide (default) or the textbook ones")
     g.add_argument("--sigma", type=float, help="Gaussian smoothing in pixels (default 3)")
     g.add_argument("--threshold-method", choices=("kmeans", "otsu"), help="threshold method (default kmeans)")
     g.add_argument("--threshold", type=float, help="fixed threshold on the smoothed signal (default: computed per slide)")
     g.add_argument("--min-size", type=int, help="remove objects under this many pixels (default 60)")
+    g.add_argument("--max-area", type=float, dest="max_area_um2",
+                   help="remove objects over this area in µm², not nuclei (default 400)")
+    g.add_argument("--background-radius", type=float, dest="background_radius_um",
+                   help="local background radius in µm, removed before thresholding (default 8; 0: off)")
+    g.add_argument("--markers", choices=("distance", "intensity"),
+                   help="watershed seeds: maxima of the distance to the background (default) or of the signal")
     g.add_argument("--min-distance", type=int, help="minimum distance between nuclei centres in pixels (default 6)")
     g.add_argument("--no-split", action="store_true", help="do not split touching nuclei (no watershed)")
     g.add_argument("--invert", action="store_true", help="objects are dark on a bright background (grey channel)")
@@ -70,7 +98,6 @@ def _add_run_parser(sub) -> None:
     g.add_argument("--tile-size", type=int, help="tile size in working pixels")
     g.add_argument("--halo", type=int, help="tile halo in working pixels (must exceed the largest object radius)")
     g.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="any task parameter")
-    p.set_defaults(func=cmd_run)
 
 
 def _task_params(args) -> dict:
@@ -78,7 +105,8 @@ def _task_params(args) -> dict:
     named = {
         "sigma": args.sigma, "threshold_method": args.threshold_method, "threshold": args.threshold,
         "min_size": args.min_size, "min_distance": args.min_distance, "mpp": args.work_mpp,
-        "tile_size": args.tile_size, "halo": args.halo,
+        "tile_size": args.tile_size, "halo": args.halo, "stain_vectors": args.stain_vectors,
+        "max_area_um2": args.max_area_um2, "background_radius_um": args.background_radius_um, "markers": args.markers,
     }
     if args.channel is not None:
         named["channel"] = int(args.channel) if args.channel.isdigit() else args.channel
@@ -93,6 +121,7 @@ def _task_params(args) -> dict:
 def cmd_run(args) -> int:
     from dlcore.config import load_config
     from dlcore.io import open_slide
+    from dlcore.io.local import expand_slide_paths
     from dlcore.io.local_sink import LocalFolderSink
     from dlcore.progress import TqdmProgress
     from dlcore.tasks import resolve_task
@@ -105,8 +134,14 @@ def cmd_run(args) -> int:
         reader_threads=args.reader_threads or config.reader_threads, work_dir=config.work_dir,
     )
     sink_factory = lambda: LocalFolderSink(args.out, label_format=args.label_format)  # noqa: E731
+    slides, skipped = expand_slide_paths(args.slides)
+    for path, reason in skipped:
+        print(f"- skipped {path}: {reason}", file=sys.stderr)
+    if not slides:
+        print("error: no slide files to analyse", file=sys.stderr)
+        return EXIT_FAILED
     failures = 0
-    for path in args.slides:
+    for path in slides:
         progress = TqdmProgress(prefix=f"{path.name} ")
         try:
             slide = open_slide(path)
@@ -120,8 +155,9 @@ def cmd_run(args) -> int:
             print(f"✗ {path}: {exc}", file=sys.stderr)
             continue
         _print_result(path, result)
-    if len(args.slides) > 1:
-        print(f"{len(args.slides) - failures} of {len(args.slides)} slides done, {failures} failed")
+    if len(slides) > 1 or skipped:
+        print(f"{len(slides) - failures} of {len(slides)} slides done, {failures} failed"
+              + (f", {len(skipped)} skipped" if skipped else ""))
     return EXIT_FAILED if failures else EXIT_OK
 
 
@@ -131,8 +167,31 @@ def _print_result(path: Path, result) -> None:
     tissue = f"{s['tissue_area_mm2']} mm² tissue" if s.get("tissue_area_mm2") is not None else f"{s['tissue_fraction']:.0%} tissue"
     seconds = result.provenance["timings"]["total_s"]
     print(f"✓ {path.name}: {what}, {tissue}, {s['tiles']} tiles, {seconds:.1f} s")
+    for warning in s.get("warnings", ()):
+        print(f"  ! {warning}")
     for name, location in result.outputs.items():
         print(f"    {name:<12} {location}")
+
+
+def cmd_evaluate(args) -> int:
+    from dlcore.config import load_config
+    from dlcore.evaluate import evaluate_instances, format_report
+    from dlcore.progress import TqdmProgress
+    from dlcore.tasks import resolve_task
+
+    task = resolve_task(args.task, _task_params(args), config=load_config())
+    progress = TqdmProgress(prefix="evaluate ")
+    try:
+        report = evaluate_instances(task, args.dataset, mpp=args.mpp, detect_tissue=args.tissue_detection,
+                                    progress=progress)
+    finally:
+        progress.close()
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps({**report, "images": [dataclasses.asdict(i) for i in report["images"]]},
+                                        indent=2, default=str))
+        print(f"scores written to {args.json}")
+    return EXIT_OK
 
 
 def cmd_info(args) -> int:
@@ -201,17 +260,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_parser(sub)
+    p = sub.add_parser(
+        "evaluate", help="score an instance task against annotated images (F1 and AP at IoU 0.5-0.9)",
+        description="Run a task on every image of DATASET/images/ as `dlcore run` would and compare its objects "
+                    "with the annotations in DATASET/labels/ (instance masks of the same name, or Aperio "
+                    "ImageScope .xml outlines): one-to-one matches at IoU >= 0.5, pooled over the images.",
+        formatter_class=HelpFormatter)
+    p.add_argument("task", help="task or model name (see `dlcore models`)")
+    p.add_argument("dataset", type=Path, help="folder with images/ and labels/")
+    p.add_argument("--mpp", type=float, help="the images' pixel size in µm when the files lack one "
+                                             "(default: MicronsPerPixel of Aperio XML labels)")
+    p.add_argument("--tissue-detection", action="store_true", help="analyse detected tissue only (default: whole images)")
+    p.add_argument("--json", type=Path, help="also write every score to this JSON file")
+    _add_task_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("info", help="levels, pixel size, tile size and channels of slides")
     p.add_argument("slides", nargs="+", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("demo", help="build the demo slide and segment its nuclei",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("-o", "--out", type=Path, default=Path("demo-output"), help="output folder")
     p.add_argument("--task", default="nuclei-classical", help="task or model to run")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("benchmark", help="seconds per gigapixel, pipeline efficiency and peak memory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     from dlcore.benchmark import add_arguments
 
     add_arguments(p)

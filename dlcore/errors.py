@@ -39,6 +39,11 @@ class OmeroError(DlcoreError):
     """An OMERO object is missing, of the wrong type, or not accessible to the user."""
 
 
+class InvariantError(DlcoreError):
+    """A result broke an invariant dlcore guarantees (e.g. an object outside the image): a bug in dlcore
+    or in a task; nothing is written, and the message says which object and which rule."""
+
+
 def require(condition: bool, message: str, *, error: type[DlcoreError] = ParameterError) -> None:
     """Raise ``error(message)`` unless ``condition`` holds."""
     if not condition:

@@ -25,3 +25,16 @@ def remove_small(image: np.ndarray, min_size: int) -> np.ndarray:
     out = image.copy()
     out[small[image]] = 0
     return out
+
+
+def remove_large(labels: np.ndarray, max_size: int) -> np.ndarray:
+    """An integer label image with the labels of more than ``max_size`` pixels set to 0 (others kept)."""
+    if labels.max() == 0:
+        return labels
+    large = np.bincount(labels.ravel()) > max_size
+    large[0] = False
+    if not large.any():
+        return labels
+    out = labels.copy()
+    out[large[labels]] = 0
+    return out

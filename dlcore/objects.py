@@ -79,6 +79,7 @@ def measure_object(
     factor: float,
     mpp: float | None,
     class_name: str | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> ObjectRecord:
     """Measure one object from its mask and pixels.
 
@@ -94,13 +95,15 @@ def measure_object(
         Level-0 pixels per working pixel.
     mpp
         Working-resolution pixel size in µm, or None.
+    bounds
+        The image's level-0 (width, height): coordinates are clipped to it (see :func:`object_record`).
     """
     ys, xs = np.nonzero(mask)
     means = tuple(float(v) for v in image[mask].mean(axis=0)) if ys.size else ()
     return object_record(
         object_id=object_id, mask=mask, origin=origin, factor=factor, mpp=mpp, area=int(ys.size),
         centroid=(float(xs.mean()) if ys.size else 0.0, float(ys.mean()) if ys.size else 0.0),
-        means=means, class_name=class_name,
+        means=means, class_name=class_name, bounds=bounds,
     )
 
 
@@ -115,9 +118,15 @@ def object_record(
     centroid: tuple[float, float],
     means: tuple[float, ...],
     class_name: str | None = None,
+    bounds: tuple[float, float] | None = None,
 ) -> ObjectRecord:
     """An :class:`ObjectRecord` from measurements already made (``centroid``: mean (x, y) pixel index
-    within ``mask``); adds the outline and perimeter and converts to level-0 coordinates."""
+    within ``mask``); adds the outline and perimeter and converts to level-0 coordinates.
+
+    ``bounds`` is the image's level-0 (width, height).  A working pixel at the image's last row or
+    column can reach past it by a fraction of a level-0 pixel when the working size was rounded;
+    with ``bounds`` the outline, bounding box and centroid are clipped to the image.
+    """
     ox, oy = origin
     h, w = mask.shape
     poly = outline(mask)
@@ -126,14 +135,22 @@ def object_record(
         perimeter = float(np.hypot(*np.diff(closed, axis=0).T).sum())
     else:
         perimeter = 0.0
+    centre = np.array([(centroid[0] + 0.5 + ox) * factor, (centroid[1] + 0.5 + oy) * factor])
+    box = np.array([ox * factor, oy * factor, (ox + w) * factor, (oy + h) * factor])
+    vertices = (poly[:, ::-1] + (0.5 + ox, 0.5 + oy)) * factor
+    if bounds is not None:
+        limit = np.asarray(bounds, dtype=np.float64)
+        centre = np.clip(centre, 0, limit)
+        box = np.clip(box, 0, np.tile(limit, 2))
+        vertices = np.clip(vertices, 0, limit)
     return ObjectRecord(
         id=object_id,
-        centroid=((centroid[0] + 0.5 + ox) * factor, (centroid[1] + 0.5 + oy) * factor),
-        bbox=(ox * factor, oy * factor, (ox + w) * factor, (oy + h) * factor),
+        centroid=(float(centre[0]), float(centre[1])),
+        bbox=tuple(float(v) for v in box),
         area_px=area,
         area_um2=area * mpp * mpp if mpp else None,
         perimeter_px=perimeter * factor,
         mean_intensity=means,
-        polygon=tuple(map(tuple, ((poly[:, ::-1] + (0.5 + ox, 0.5 + oy)) * factor).tolist())),
+        polygon=tuple(map(tuple, vertices.tolist())),
         class_name=class_name,
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import dlcore
-from dlcore.errors import InputError
+from dlcore.errors import InputError, InvariantError
 from dlcore.io.labels import LabelCanvas
 from dlcore.io.sink import ResultSink, RunContext, RunOutputs
 from dlcore.io.slide import ResolutionPlan, Slide, SlideInfo, plan_resolution, read_working, with_mpp
@@ -94,14 +94,21 @@ def calibration_windows(slide: Slide, plan: ResolutionPlan, info: SlideInfo, tis
     return windows
 
 
-def _stitcher(task: Task, canvas: LabelCanvas, plan: ResolutionPlan):
+def task_at_resolution(task: Task, plan: ResolutionPlan) -> Task:
+    """The task told the slide's working pixel size, for tasks whose sizes are physical (the optional
+    ``at_resolution`` hook); the task itself for the others.  Call it before tiling."""
+    at_resolution = getattr(task, "at_resolution", None)
+    return at_resolution(plan.working_mpp) if at_resolution is not None else task
+
+
+def _stitcher(task: Task, canvas: LabelCanvas, plan: ResolutionPlan, info: SlideInfo):
     make_stitcher = getattr(task, "make_stitcher", None)  # optional: a task that keeps more than labels
     if make_stitcher is not None:
         return make_stitcher(canvas, plan)
     if task.kind == "instances":
         classify = getattr(task, "classify_object", None)
         return InstanceStitcher(canvas, factor=plan.factor, mpp=plan.working_mpp, classify=classify,
-                                min_pixels=int(getattr(task, "min_object_pixels", 0)))
+                                min_pixels=int(getattr(task, "min_object_pixels", 0)), bounds=(info.width, info.height))
     if task.kind == "semantic":
         return SemanticStitcher(canvas, len(task.class_names))
     raise InputError(f"task {task.name} has kind {task.kind!r}; the tile engine runs 'instances' and 'semantic' tasks")
@@ -126,6 +133,7 @@ def analyse_slide(
     info = with_mpp(slide.info, options.mpp)
     task.check(info)
     plan = plan_resolution(info, task.mpp)
+    task = task_at_resolution(task, plan)
     width, height = plan.working_size(info)
 
     t0 = time.perf_counter()
@@ -154,7 +162,7 @@ def analyse_slide(
         factor=plan.factor, working_size=(width, height), class_names=tuple(task.class_names),
         class_colors=tuple(getattr(task, "class_colors", ())),
     )
-    stitcher = _stitcher(task, canvas, plan)
+    stitcher = _stitcher(task, canvas, plan, info)
     n_objects = 0
     try:
         sink.begin(context)
@@ -236,10 +244,17 @@ def _summary(info, task, plan, tissue, tiles, stitcher, n_objects) -> dict:
         "working_mpp": plan.working_mpp,
     }
     if task.kind == "instances":
+        working_width, working_height = plan.working_size(info)
+        warnings = check_object_area(info, stitcher.total_area_px, working_width * working_height,
+                                     tissue_px / (factor * factor))
         summary["objects"] = n_objects
         summary["truncated_objects"] = stitcher.truncated
         summary["duplicates_dropped"] = stitcher.duplicates
         summary["object_area_fraction_of_tissue"] = round(stitcher.total_area_px * factor * factor / max(tissue_px, 1), 4)
+        if warnings:
+            summary["warnings"] = warnings
+            for warning in warnings:
+                log.warning("%s: %s", info.name, warning)
     else:
         names = ("background", *task.class_names)
         area = (plan.working_mpp or 0) ** 2 / 1e6
@@ -250,6 +265,23 @@ def _summary(info, task, plan, tissue, tiles, stitcher, n_objects) -> dict:
     if summarize is not None:
         summary.update(summarize(stitcher))
     return summary
+
+
+def check_object_area(info: SlideInfo, object_px: int, image_px: int, tissue_px: float) -> list[str]:
+    """Check the objects' total area (working pixels) against the image and the tissue.
+
+    Objects can never cover more than the image, since each label pixel holds one object: more means a
+    bug (e.g. pixels counted outside the image) and raises :class:`InvariantError`.  Objects covering
+    more than the detected tissue are possible (a tissue mask that missed pale tissue, a model that
+    finds objects on glass) but not credible: that returns a warning for the summary.
+    """
+    if object_px > image_px:
+        raise InvariantError(f"objects in {info.name} cover {object_px} pixels, more than the image's {image_px}")
+    if tissue_px > 0 and object_px > tissue_px:
+        return [f"objects cover {object_px / tissue_px:.2f} times the detected tissue area ({object_px} of "
+                f"{tissue_px:.0f} working pixels): check the task's channel and threshold, or run with "
+                "--no-tissue-detection if the tissue mask missed tissue"]
+    return []
 
 
 def _provenance(info, task, plan, options, tissue, summary, times, stage, started) -> dict:

@@ -59,3 +59,27 @@ def write_ome_tiff(path: Path, image: np.ndarray, *, mpp: float | None = 0.5, ti
             current = current[:, ::2, ::2] if axes == "CYX" else current[::2, ::2]
             tif.write(current, tile=(tile, tile), subfiletype=1, photometric=photometric)
     return path
+
+
+# -- real tissue that installed packages ship (nothing is downloaded) ------------------------------
+def real_ihc_field() -> np.ndarray:
+    """scikit-image's ``immunohistochemistry()``: a real 512 x 512 IHC section (haematoxylin + DAB),
+    colon glands whose DAB-rich epithelium touches the image's edges."""
+    from skimage import data
+
+    return data.immunohistochemistry()
+
+
+def real_he_field() -> np.ndarray:
+    """A real 500 x 300 H&E field (tumour, from The Cancer Imaging Archive) that stardist's wheel ships
+    as ``stardist/data/images/histo.jpg``; tissue covers it to all four edges.  Read from the file, so
+    stardist (and TensorFlow) is never imported."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec("stardist")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the test extra's stardist package is missing: bash tools/install.sh installs it")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "images" / "histo.jpg"
+    return np.asarray(Image.open(path).convert("RGB"))

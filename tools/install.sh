@@ -8,8 +8,15 @@
 # zeroc-ice 3.6.5 wheel (built once by tools/build_ice_wheel.sh and cached, or DLCORE_ICE_WHEEL),
 # then dlcore itself in editable mode with every extra, and the `omero dl` plugin shim.
 set -euo pipefail
+# Paths the caller gives (DLCORE_VENV, PYTHON, DLCORE_ICE_WHEEL, DLCORE_WHEEL_CACHE) are taken relative
+# to the caller's working directory and made absolute before anything changes directory.
+abspath() { case "$1" in /*) echo "$1" ;; */*|.*) echo "$PWD/$1" ;; *) echo "$1" ;; esac; }
+[ -z "${DLCORE_VENV:-}" ] || DLCORE_VENV=$(abspath "$DLCORE_VENV")
+[ -z "${PYTHON:-}" ] || PYTHON=$(abspath "$PYTHON")
+[ -z "${DLCORE_ICE_WHEEL:-}" ] || export DLCORE_ICE_WHEEL=$(abspath "$DLCORE_ICE_WHEEL")
+[ -z "${DLCORE_WHEEL_CACHE:-}" ] || export DLCORE_WHEEL_CACHE=$(abspath "$DLCORE_WHEEL_CACHE")
 cd "$(dirname "$0")/.."
-venv=${DLCORE_VENV:-.venv}
+venv=${DLCORE_VENV:-$PWD/.venv}
 py=${PYTHON:-python3}
 
 need_apt=()

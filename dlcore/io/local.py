@@ -30,6 +30,34 @@ def _identity(path: Path) -> str:
     return f"file://{path.resolve()}?size={stat.st_size}&mtime={int(stat.st_mtime)}"
 
 
+def is_slide_file(path: Path) -> bool:
+    """True when ``path``'s name ends in a suffix some reader of :func:`open_slide` takes."""
+    return path.name.lower().endswith(TIFF_SUFFIXES + OPENSLIDE_SUFFIXES + PLAIN_SUFFIXES)
+
+
+def expand_slide_paths(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Slide files from files and folders, and what was skipped with the reason.
+
+    A file is kept as given (a wrong one fails later with the reader's message).  A folder stands for
+    the slide files directly inside it, sorted by name (like WSInfer's ``--wsi-dir`` or a QuPath
+    project's image list): other files are skipped and reported, hidden files and sub-folders (an
+    MRXS slide's data folder) are ignored.  Duplicates are kept once, in first-seen order.
+    """
+    slides: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in paths:
+        if not path.is_dir():
+            slides.append(path)
+            continue
+        entries = sorted(p for p in path.iterdir() if not p.name.startswith(".") and not p.is_dir())
+        found = [p for p in entries if is_slide_file(p)]
+        skipped += [(p, f"unsupported file type {p.suffix or '(no suffix)'!r}") for p in entries if not is_slide_file(p)]
+        if not found:
+            skipped.append((path, "the folder holds no slide files (OME-TIFF, TIFF, SVS, NDPI, MRXS, SCN, BIF, PNG, JPEG)"))
+        slides += found
+    return list(dict.fromkeys(slides)), skipped
+
+
 def open_slide(path: str | os.PathLike, *, cache_bytes: int | None = None) -> Slide:
     """Open a local slide file with the reader its format needs.
 

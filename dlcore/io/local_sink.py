@@ -10,14 +10,21 @@ Layout: ``<out>/<slide stem>/<run key>/`` holding
 
 Everything is written into a hidden ``.partial-*`` folder first and moved into place only when the
 run has finished, replacing the previous results of the same run key; a failed run removes its
-partial folder, so nothing half-written is ever left behind.
+partial folder, so nothing half-written is ever left behind.  A run that was killed (``kill -9``, a
+power cut) cannot clean up: beside each partial folder lies an owner file naming the process that
+writes it, and the next run of the same task in the same folder removes the partial folders whose
+owner it can prove dead (same host, process gone), restoring the previous results if the kill came
+in the middle of replacing them.  Result folders get the user's umask, like any other output.
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from dlcore.errors import OutputError
-from dlcore.io.sink import RunContext, RunOutputs, object_columns, object_row
+from dlcore.io.sink import RunContext, RunOutputs, check_objects_inside, object_columns, object_row
 from dlcore.objects import ObjectRecord
+
+log = logging.getLogger(__name__)
 
 LABEL_FORMATS = ("ome-tiff", "ome-zarr", "none")  # "none": no label file (the OMERO sink writes its own)
 
@@ -60,7 +69,10 @@ class LocalFolderSink:
         slide_dir = self.out_dir / slide_stem(context.slide.name)
         slide_dir.mkdir(exist_ok=True)
         self._final = slide_dir / context.run_key
+        remove_dead_partials(slide_dir, context.run_key)
         self._partial = Path(tempfile.mkdtemp(prefix=f".partial-{context.run_key}-", dir=slide_dir))
+        os.chmod(self._partial, 0o777 & ~current_umask())  # mkdtemp makes it private (0700)
+        write_owner(self._partial)
         self._csv = open(self._partial / "objects.csv", "w", newline="")
         self._csv_writer = csv.writer(self._csv)
         self._csv_writer.writerow(object_columns(context.slide.channels))
@@ -68,6 +80,7 @@ class LocalFolderSink:
         self._geojson.write('{"type": "FeatureCollection", "features": [\n')
 
     def add_objects(self, objects: Sequence[ObjectRecord]) -> None:
+        check_objects_inside(objects, self._context.slide)
         for obj in objects:
             self._csv_writer.writerow(object_row(obj))
             if len(obj.polygon) >= 3:
@@ -118,6 +131,7 @@ class LocalFolderSink:
                         "provenance": "provenance.json"})
         (partial / "provenance.json").write_text(json.dumps(outputs.provenance, indent=2, default=str))
         self._replace(final, partial)
+        owner_file(partial).unlink(missing_ok=True)
         self._partial = None
         return {name: str(final / file) for name, file in written.items()}
 
@@ -126,7 +140,7 @@ class LocalFolderSink:
         """Move ``partial`` to ``final``, replacing an earlier result folder as atomically as possible."""
         old = None
         if final.exists():
-            old = final.with_name(f".old-{final.name}-{partial.name[-8:]}")
+            old = old_results_path(partial)
             final.rename(old)
         partial.rename(final)
         if old is not None:
@@ -145,4 +159,92 @@ class LocalFolderSink:
                 stream.close()
         if self._partial is not None:
             shutil.rmtree(self._partial, ignore_errors=True)
+            owner_file(self._partial).unlink(missing_ok=True)
             self._partial = None
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux ``/proc``), else by setting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def owner_file(partial: Path) -> Path:
+    """The file beside a ``.partial-*`` folder that names the process writing it."""
+    return partial.with_name(partial.name + ".owner")
+
+
+def old_results_path(partial: Path) -> Path:
+    """Where the previous results are parked while ``partial`` replaces them."""
+    return partial.with_name(".old-" + partial.name[len(".partial-"):])
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot), or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name before ")" may hold spaces
+
+
+def write_owner(partial: Path) -> None:
+    """Record this process (host, pid, start time) as the owner of ``partial``."""
+    pid = os.getpid()
+    owner_file(partial).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "start": _process_start(pid)}))
+
+
+def _owner_is_dead(owner: Path) -> bool:
+    """True only when the owner file proves its process gone: same host, and no process with that pid and
+    start time.  An unreadable file or another host's process proves nothing."""
+    try:
+        record = json.loads(owner.read_text())
+        host, pid, start = record["host"], int(record["pid"]), record["start"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname():
+        return False
+    if start is not None:
+        return _process_start(pid) != start  # gone, or the pid now belongs to a newer process
+    try:  # written where /proc was unavailable: only "no such pid" proves anything
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def remove_dead_partials(slide_dir: Path, run_key: str) -> list[Path]:
+    """Remove the ``.partial-<run_key>-*`` folders of killed runs in ``slide_dir``; return what was removed.
+
+    Only folders whose owner file proves the owner dead are touched.  When a run was killed while
+    replacing earlier results (they are parked in ``.old-*`` and the final folder is gone), the earlier
+    results are moved back; otherwise parked results are removed.
+    """
+    removed = []
+    for owner in sorted(slide_dir.glob(f".partial-{run_key}-*.owner")):
+        if not _owner_is_dead(owner):
+            continue
+        partial = owner.with_name(owner.name[: -len(".owner")])
+        old, final = old_results_path(partial), slide_dir / run_key
+        if old.exists():
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.rename(final)
+                log.warning("restored the previous results of %s in %s (a run was killed while replacing them)",
+                            run_key, slide_dir)
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+            log.info("removed %s, left by a killed run (pid gone)", partial)
+        owner.unlink(missing_ok=True)
+    return removed

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from dlcore.errors import InvariantError
 from dlcore.io.slide import SlideInfo
 from dlcore.objects import ObjectRecord
 
@@ -83,3 +84,23 @@ def object_row(obj: ObjectRecord) -> list:
         "" if obj.area_um2 is None else round(obj.area_um2, 3), round(obj.perimeter_px, 2),
         *[round(v, 2) for v in obj.bbox], *[round(v, 3) for v in obj.mean_intensity],
     ]
+
+
+def check_objects_inside(objects: Sequence[ObjectRecord], slide: SlideInfo) -> None:
+    """Raise :class:`InvariantError` unless every object's centroid, bounding box and outline lie inside
+    the image (level-0 pixels, ``0 <= x <= width``, ``0 <= y <= height``).
+
+    Every sink calls it before writing anything of a batch, so no result outside the image is written.
+    """
+    width, height = slide.width, slide.height
+    for obj in objects:
+        x0, y0, x1, y1 = obj.bbox
+        cx, cy = obj.centroid
+        xs = [p[0] for p in obj.polygon]
+        ys = [p[1] for p in obj.polygon]
+        if not (0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height and 0 <= cx <= width and 0 <= cy <= height
+                and all(0 <= x <= width for x in xs) and all(0 <= y <= height for y in ys)):
+            raise InvariantError(
+                f"object {obj.id} of {slide.name} (bounding box {x0:.1f},{y0:.1f}..{x1:.1f},{y1:.1f}, centroid "
+                f"{cx:.1f},{cy:.1f}) lies outside the {width}x{height} image; nothing was written for it"
+            )

@@ -90,15 +90,37 @@ def check_region(info: SlideInfo, level: int, x: int, y: int, width: int, height
         )
 
 
-def read_padded(slide: Slide, level: int, x: int, y: int, width: int, height: int, *, fill: float = 0) -> np.ndarray:
-    """Like ``read_region`` but the region may reach outside the level; outside is ``fill``."""
+def reflect_index(coords: np.ndarray, size: int) -> np.ndarray:
+    """Map coordinates that may lie outside ``[0, size)`` back inside by mirroring at the edges.
+
+    Mirroring includes the edge pixel (numpy's ``"symmetric"``: -1 -> 0, -2 -> 1, size -> size - 1)
+    and repeats with period ``2 * size``, so any coordinate, however far outside, maps to one fixed
+    pixel of the image: the result depends on the position only, never on the region asked for.
+    """
+    period = 2 * size
+    folded = np.mod(coords, period)
+    return np.where(folded >= size, period - 1 - folded, folded)
+
+
+def read_padded(slide: Slide, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+    """Like ``read_region`` but the region may reach outside the level: outside, the image is mirrored.
+
+    Why mirroring: a constant fill is signal for some stains and not for others (black is maximal
+    stain for brightfield colour deconvolution, zero is background for fluorescence), while a mirror
+    shows a model or a filter only intensities and textures the slide itself holds, so no edge
+    artefact can appear, whatever the modality.  Whatever a task then finds outside the level is
+    not part of any result: the stitchers keep only pixels inside the image.
+    """
     lv = slide.info.levels[level]
-    out = np.full((height, width, len(slide.info.channels)), fill, dtype=slide.info.dtype)
-    x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + width, lv.width), min(y + height, lv.height)
-    if x1 > x0 and y1 > y0:
-        out[y0 - y:y1 - y, x0 - x:x1 - x] = slide.read_region(level, x0, y0, x1 - x0, y1 - y0)
-    return out
+    if 0 <= x and 0 <= y and x + width <= lv.width and y + height <= lv.height:
+        return slide.read_region(level, x, y, width, height)
+    if width <= 0 or height <= 0:
+        raise InputError(f"region {width}x{height} of {slide.info.name} is empty; width and height must be positive")
+    rows = reflect_index(np.arange(y, y + height), lv.height)
+    cols = reflect_index(np.arange(x, x + width), lv.width)
+    y0, y1, x0, x1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    inside = slide.read_region(level, x0, y0, x1 - x0, y1 - y0)
+    return inside[np.ix_(rows - y0, cols - x0)]
 
 
 def level_mpp(info: SlideInfo, level: int) -> float | None:
@@ -166,7 +188,8 @@ def plan_resolution(info: SlideInfo, mpp: float | None, *, tolerance: float = 0.
 
 
 def read_working(slide: Slide, plan: ResolutionPlan, x: int, y: int, width: int, height: int) -> np.ndarray:
-    """A region in working-resolution coordinates (may reach outside the slide: zero-filled).
+    """A region in working-resolution coordinates (it may reach outside the slide: mirrored, see
+    :func:`read_padded`).
 
     Reads the plan's level and resamples it (area averaging when shrinking, linear when enlarging).
     """

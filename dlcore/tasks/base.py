@@ -19,6 +19,8 @@ Optional hooks the workflow uses when a task has them:
   in a worker process so the pipeline's threads do not slow them down (:mod:`dlcore.tiling.worker`);
 - ``min_object_pixels``: the smallest object an instance task keeps; the stitcher applies it again to
   objects it had to trim where they overlap a neighbouring tile's object;
+- ``at_resolution(working_mpp) -> Task``: a copy that knows the slide's working pixel size in µm (or
+  None), called before ``prepare`` (e.g. to turn a largest nucleus area in µm² into pixels);
 - ``make_stitcher(canvas, plan)``: a stitcher of its own (e.g. one that also keeps probabilities);
 - ``summarize(stitcher) -> dict``: extra summary entries (e.g. a slide-level decision and ``tags``);
 - ``extra_outputs(stitcher, scratch_dir) -> dict[name, Path]``: extra files (e.g. a heatmap).

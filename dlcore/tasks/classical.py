@@ -1,16 +1,35 @@
 """The seeds' classical nuclei pipeline.
 
-Signal → Gaussian smoothing (sigma 3) → two-class threshold (k-means, or Otsu) → watershed on the
-distance transform to split touching nuclei → removal of objects under 60 pixels.
+Signal → Gaussian smoothing (sigma 3) → local background removed → two-class threshold (k-means, or
+Otsu) → watershed to split touching nuclei → removal of objects under 60 pixels, and of objects far
+larger than a nucleus.
 
-The signal is the haematoxylin channel from colour deconvolution (H&E, IHC; Ruifrok & Johnston's
-HED matrix), or any channel by index for fluorescence or grey images.  The threshold is computed once
-per slide from sample windows (:meth:`ClassicalNuclei.prepare`), so every tile uses the same one and
+The signal is the haematoxylin channel from colour deconvolution (H&E, IHC), or any channel by index
+for fluorescence or grey images.  The stain vectors are estimated from the slide itself
+(:mod:`dlcore.tasks.stains`), so that the slide's real DAB or eosin does not leak into the
+haematoxylin channel, as it does with the textbook vectors.
+
+Cytoplasm holds haematoxylin too, and in dense epithelium its level is close to the nuclei's, so one
+slide-wide threshold on the raw signal splits tissue from glass, not nuclei from cytoplasm (whole
+glands come out as "nuclei").  As QuPath's cell detection does, the local background (a grey opening
+of the smoothed signal with a square of ``background_radius_um``, wider than a nucleus) is subtracted
+first: what is thresholded is how much a nucleus stands out from its own surroundings.  Stains and
+threshold are computed once
+per slide from sample windows (:meth:`ClassicalNuclei.prepare`), so every tile uses the same ones and
 tiling does not change the answer.
+
+The watershed's markers are nuclei centres: the maxima of the distance to the background (the seeds'
+choice, good for clumps of round nuclei) or of the smoothed haematoxylin signal (``markers="intensity"``,
+for nuclei that touch along long borders).  Regions that stay larger than ``max_area_um2`` after
+splitting are not nuclei (a gland, a fold, a stain blot): they are removed, never reported as nuclei.
+
+Sizes given in µm are converted at the working pixel size; for an image without a pixel size
+:data:`ASSUMED_MPP` is assumed, and the provenance says so.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,8 +37,10 @@ import numpy as np
 
 from dlcore.errors import ParameterError, SlideError
 from dlcore.io.slide import SlideInfo, to_rgb_uint8
+from dlcore.tasks.stains import STAINS, StainMatrix, estimate_stains
 
-STAINS = ("hematoxylin", "eosin", "dab")
+MARKERS = ("distance", "intensity")
+ASSUMED_MPP = 0.5  # µm per pixel assumed for physical sizes when an image has no pixel size (20x)
 
 
 def kmeans_threshold(values: np.ndarray, *, iterations: int = 100) -> float:
@@ -57,28 +78,48 @@ class ClassicalNuclei:
     ----------
     channel: ``"hematoxylin"`` (default), ``"eosin"`` or ``"dab"`` (colour deconvolution of 8-bit RGB),
         or a channel index (int) for fluorescence / grey images.
+    stain_vectors: ``"estimate"`` (default: the slide's own vectors, Macenko's method) or
+        ``"reference"`` (Ruifrok & Johnston's textbook vectors, scikit-image's ``rgb2hed``).
+    stain_matrix: the vectors used; computed per slide by :meth:`prepare` (give it to fix them).
+    stain_method: how ``stain_matrix`` was obtained (set by :meth:`prepare`, for the provenance).
     invert: treat dark objects on a bright background as the signal (for a grey brightfield channel).
     sigma: Gaussian smoothing in working pixels (seeds: 3).
     threshold_method: ``"kmeans"`` (seeds: two-class k-means) or ``"otsu"``.
     threshold: a fixed threshold on the smoothed signal; None computes it per slide.
-    split_touching: split touching nuclei with a distance-transform watershed.
+    split_touching: split touching nuclei with a watershed.
+    markers: the watershed's seeds: ``"distance"`` (maxima of the distance to the background, the
+        seeds' choice) or ``"intensity"`` (maxima of the smoothed signal).
     min_distance: minimum distance in pixels between two nuclei centres (watershed seeds).
     min_size: objects with fewer pixels are removed (seeds: 60).
+    max_area_um2: objects larger than this (µm²) are not nuclei and are removed (QuPath's cell
+        detection uses 400 µm² too).  None: no limit.
+    background_radius_um: the local background is a grey opening of this radius (µm), subtracted
+        before thresholding (QuPath: 8 µm).  None or 0: no background removal (the bare seeds' recipe).
     mpp: working resolution in µm/pixel; None = the slide's native pixels.
-    tile_size, halo, batch_size: tiling; the halo must exceed the largest nucleus radius.
+    working_mpp: the working pixel size in µm, set by the workflow for the slide (do not give it).
+    tile_size, halo, batch_size: tiling.  The halo must hold all the context a nucleus at a core's
+        edge needs (its radius, the smoothing and the background opening); None (default) computes
+        that from the other parameters at the working resolution (:meth:`needed_halo`).
     """
 
     channel: str | int = "hematoxylin"
+    stain_vectors: Literal["estimate", "reference"] = "estimate"
+    stain_matrix: tuple[tuple[float, float, float], ...] | None = None
+    stain_method: str | None = None
     invert: bool = False
     sigma: float = 3.0
     threshold_method: Literal["kmeans", "otsu"] = "kmeans"
     threshold: float | None = None
     split_touching: bool = True
+    markers: Literal["distance", "intensity"] = "distance"
     min_distance: int = 6
     min_size: int = 60
+    max_area_um2: float | None = 400.0
+    background_radius_um: float | None = 8.0
     mpp: float | None = None
+    working_mpp: float | None = None
     tile_size: int = 1024
-    halo: int = 64
+    halo: int | None = None
     batch_size: int = 1
 
     name = "nuclei-classical"
@@ -98,17 +139,60 @@ class ClassicalNuclei:
             raise ParameterError(f"threshold_method={self.threshold_method!r} must be 'kmeans' or 'otsu'")
         if self.min_size < 0:
             raise ParameterError(f"min_size={self.min_size} must be >= 0 pixels (seeds' value: 60)")
+        if self.stain_vectors not in ("estimate", "reference"):
+            raise ParameterError(f"stain_vectors={self.stain_vectors!r} must be 'estimate' or 'reference'")
+        if self.stain_matrix is not None:
+            StainMatrix(vectors=tuple(tuple(float(v) for v in row) for row in self.stain_matrix))  # validates
+        if self.markers not in MARKERS:
+            raise ParameterError(f"markers={self.markers!r} must be one of {MARKERS}")
+        if self.max_area_um2 is not None and not self.max_area_um2 > 0:
+            raise ParameterError(f"max_area_um2={self.max_area_um2} must be a positive area in µm² (or None: no limit)")
+        if self.background_radius_um is not None and not self.background_radius_um >= 0:
+            raise ParameterError(f"background_radius_um={self.background_radius_um} must be >= 0 µm (0: no background removal)")
         if self.min_distance < 1:
             raise ParameterError(f"min_distance={self.min_distance} must be at least 1 pixel")
         if self.mpp is not None and not self.mpp > 0:
             raise ParameterError(f"mpp={self.mpp} must be a positive pixel size in µm")
-        if self.halo < 4 * self.sigma:
+        if self.halo is not None and self.halo < 4 * self.sigma:
             raise ParameterError(f"halo={self.halo} must be at least 4*sigma={4 * self.sigma:g} pixels")
 
     @property
     def min_object_pixels(self) -> int:
         """Objects smaller than this are not kept, also after stitching."""
         return self.min_size
+
+    @property
+    def pixel_size_um(self) -> float:
+        """The working pixel size used for sizes in µm: the slide's, else :data:`ASSUMED_MPP`."""
+        return self.working_mpp or ASSUMED_MPP
+
+    @property
+    def max_object_pixels(self) -> int | None:
+        """Objects larger than this (working pixels) are not nuclei; None when there is no limit."""
+        if self.max_area_um2 is None:
+            return None
+        return max(self.min_size + 1, int(round(self.max_area_um2 / self.pixel_size_um**2)))
+
+    @property
+    def background_radius_px(self) -> int:
+        """The background opening's radius in working pixels (0: no background removal)."""
+        return int(round((self.background_radius_um or 0) / self.pixel_size_um))
+
+    def needed_halo(self) -> int:
+        """The context in working pixels a nucleus at a core's edge needs, so that the result does not
+        depend on the tiling: the largest nucleus radius, plus the smoothing (4 sigma) and the
+        background opening (twice its radius).  At least 64, rounded up to a multiple of 8."""
+        largest = self.max_object_pixels or 4 * int(round(100 / self.pixel_size_um**2))  # else 20 µm across
+        need = math.sqrt(largest / math.pi) + 4 * self.sigma + 2 * self.background_radius_px
+        return max(64, int(math.ceil(need / 8)) * 8)
+
+    def at_resolution(self, working_mpp: float | None) -> "ClassicalNuclei":
+        """A copy that knows the working pixel size and, unless one was given, the halo it needs (the
+        workflow calls it once per slide, before tiling)."""
+        task = dataclasses.replace(self, working_mpp=working_mpp)
+        if task.halo is None:
+            task = dataclasses.replace(task, halo=task.needed_halo())
+        return task
 
     # -- the Task protocol -------------------------------------------------------------------
     def check(self, info: SlideInfo) -> None:
@@ -125,6 +209,13 @@ class ClassicalNuclei:
             )
 
     def prepare(self, samples: list[np.ndarray]) -> "ClassicalNuclei":
+        task = self
+        if isinstance(self.channel, str) and self.stain_matrix is None:
+            stains = estimate_stains(samples) if self.stain_vectors == "estimate" else StainMatrix()
+            task = dataclasses.replace(task, stain_matrix=stains.vectors, stain_method=stains.method)
+        return task._with_threshold(samples)
+
+    def _with_threshold(self, samples: list[np.ndarray]) -> "ClassicalNuclei":
         if self.threshold is not None:
             return self
         values = np.concatenate([self.smoothed_signal(s).ravel() for s in samples]) if samples else np.empty(0)
@@ -142,51 +233,67 @@ class ClassicalNuclei:
 
     def provenance(self) -> dict:
         params = dataclasses.asdict(self)
-        return {"task": self.name, "version": self.version, "parameters": params}
+        return {"task": self.name, "version": self.version, "parameters": params,
+                "max_object_pixels": self.max_object_pixels, "background_radius_px": self.background_radius_px,
+                "pixel_size_for_um": self.pixel_size_um if self.working_mpp else
+                f"{ASSUMED_MPP} µm/px assumed (the image has no pixel size; give --mpp)"}
 
     # -- the pipeline --------------------------------------------------------------------------
     def signal(self, window: np.ndarray) -> np.ndarray:
         """The ``(Y, X)`` float signal where nuclei are high."""
         if isinstance(self.channel, str):
-            from skimage.color import rgb2hed
-
             rgb = to_rgb_uint8(window, what=f"channel={self.channel!r}")
-            signal = rgb2hed(rgb)[..., STAINS.index(self.channel)]
+            signal = self.stains().concentrations(rgb)[..., STAINS.index(self.channel)]
         else:
             signal = window[..., self.channel].astype(np.float32)
         return -signal if self.invert else signal
 
+    def stains(self) -> StainMatrix:
+        """The stain matrix colour deconvolution uses: the slide's (after :meth:`prepare`) or the reference."""
+        if self.stain_matrix is None:
+            return StainMatrix()
+        return StainMatrix(vectors=tuple(tuple(float(v) for v in row) for row in self.stain_matrix),
+                           method=self.stain_method or "given")
+
     def smoothed_signal(self, window: np.ndarray) -> np.ndarray:
+        """The signal smoothed (``sigma``) with its local background removed (``background_radius_um``):
+        what the threshold applies to."""
         from scipy import ndimage as ndi
 
         signal = self.signal(window).astype(np.float32)
-        return ndi.gaussian_filter(signal, self.sigma) if self.sigma > 0 else signal
+        smoothed = ndi.gaussian_filter(signal, self.sigma) if self.sigma > 0 else signal
+        radius = self.background_radius_px
+        if radius > 0:
+            smoothed = smoothed - ndi.grey_opening(smoothed, size=(2 * radius + 1, 2 * radius + 1))
+        return smoothed
 
     def segment(self, window: np.ndarray) -> np.ndarray:
         """Instance labels (int32, 0 = background) of one window."""
         from scipy import ndimage as ndi
 
-        from dlcore.imageops import remove_small
+        from dlcore.imageops import remove_large, remove_small
 
-        mask = self.smoothed_signal(window) > self.threshold
-        mask = ndi.binary_fill_holes(mask)
+        smoothed = self.smoothed_signal(window)
+        mask = ndi.binary_fill_holes(smoothed > self.threshold)
         if self.split_touching:
-            labels = self._watershed(mask)
+            labels = self._watershed(mask, smoothed)
         else:
             labels, _ = ndi.label(mask)
-        return remove_small(labels.astype(np.int32), self.min_size)
+        labels = remove_small(labels.astype(np.int32), self.min_size)
+        limit = self.max_object_pixels
+        return labels if limit is None else remove_large(labels, limit)
 
-    def _watershed(self, mask: np.ndarray) -> np.ndarray:
+    def _watershed(self, mask: np.ndarray, smoothed: np.ndarray) -> np.ndarray:
         from scipy import ndimage as ndi
         from skimage.feature import peak_local_max
         from skimage.segmentation import watershed
 
-        distance = ndi.distance_transform_edt(mask)
+        landscape = ndi.distance_transform_edt(mask) if self.markers == "distance" else np.where(mask, smoothed, 0)
         components, _ = ndi.label(mask)
-        peaks = peak_local_max(distance, min_distance=self.min_distance, labels=components, exclude_border=False)
+        peaks = peak_local_max(landscape, min_distance=self.min_distance, labels=components, exclude_border=False)
         markers = np.zeros(mask.shape, dtype=np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        labels = watershed(-distance, markers, mask=mask)
+        labels = watershed(-landscape, markers, mask=mask)
         orphans = mask & (labels == 0)  # components too small to hold a seed keep one label each
         if orphans.any():
             labels[orphans] = components[orphans] + len(peaks)

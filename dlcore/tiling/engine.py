@@ -45,7 +45,7 @@ class StageTimes:
 
 
 def read_window(slide: Slide, plan: ResolutionPlan, tile: Tile) -> np.ndarray:
-    """The ``(Y, X, C)`` window of a tile at the working resolution (zero outside the slide)."""
+    """The ``(Y, X, C)`` window of a tile at the working resolution (mirrored outside the slide)."""
     x, y, w, h = tile.window
     return read_working(slide, plan, x, y, w, h)
 

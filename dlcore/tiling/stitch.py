@@ -12,6 +12,13 @@ twice and is dropped (counted as ``duplicates``); otherwise it keeps only its un
 dropped too if fewer than ``min_pixels`` remain), so the label image, the measurements and the
 outlines always agree.
 
+Windows at the slide's edge reach outside it (the reader mirrors the image there).  Nothing found
+outside the image is a result: label pixels outside the canvas are cleared before any object is
+measured or owned, so every centroid, outline, bounding box and label lies inside the image, and
+:meth:`InstanceStitcher.add` checks that invariant for every object it writes.  An object the image's
+edge cuts keeps its inside part, and is dropped like any other object when that part is smaller than
+``min_pixels``.
+
 Semantic maps need no ownership: each tile writes its core.
 """
 from __future__ import annotations
@@ -20,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from dlcore.errors import InvariantError
 from dlcore.io.labels import LabelCanvas
 from dlcore.objects import ObjectRecord, measure_object, object_record
 from dlcore.tiling.grid import Tile
@@ -39,8 +47,10 @@ class InstanceStitcher:
         mpp: float | None,
         classify: Callable[[np.ndarray, np.ndarray], str | None] | None = None,
         min_pixels: int = 0,
+        bounds: tuple[float, float] | None = None,
     ) -> None:
         self.canvas = canvas
+        self.bounds = bounds  # the image's level-0 (width, height): object coordinates are clipped to it
         self.factor = factor
         self.mpp = mpp
         self.classify = classify
@@ -60,6 +70,7 @@ class InstanceStitcher:
         from scipy import ndimage as ndi
 
         wx, wy, ww, wh = tile.window
+        labels = self.clip_to_canvas(wx, wy, labels)
         current = self.canvas.read_padded(wx, wy, ww, wh)
         n = int(labels.max())
         if n == 0:
@@ -80,7 +91,7 @@ class InstanceStitcher:
             (area > 0) & (wx + cx + 0.5 >= tile.x) & (wx + cx + 0.5 < tile.x + tile.width)
             & (wy + cy + 0.5 >= tile.y) & (wy + cy + 0.5 < tile.y + tile.height)
         )[0]
-        owned_ids = owned_ids[owned_ids > 0]
+        owned_ids = owned_ids[(owned_ids > 0) & (area[owned_ids] >= max(self.min_pixels, 1))]  # edge-cut slivers go
         duplicates = taken[owned_ids] * 2 > area[owned_ids]
         self.duplicates += int(duplicates.sum())
         owned_ids = owned_ids[~duplicates]
@@ -101,16 +112,17 @@ class InstanceStitcher:
             object_id = self.next_id
             self.next_id += 1
             origin = (wx + sl[1].start, wy + sl[0].start)
+            self._check_inside(object_id, origin, mask.shape)
             image = window[sl]
             class_name = self.classify(mask, image) if self.classify else None
             if trimmed:
                 record = measure_object(object_id=object_id, mask=mask, image=image, origin=origin,
-                                        factor=self.factor, mpp=self.mpp, class_name=class_name)
+                                        factor=self.factor, mpp=self.mpp, class_name=class_name, bounds=self.bounds)
             else:
                 record = object_record(
                     object_id=object_id, mask=mask, origin=origin, factor=self.factor, mpp=self.mpp,
                     area=int(area[local_id]), centroid=(cx[local_id] - sl[1].start, cy[local_id] - sl[0].start),
-                    means=tuple(float(v) for v in means[local_id]), class_name=class_name,
+                    means=tuple(float(v) for v in means[local_id]), class_name=class_name, bounds=self.bounds,
                 )
             out[sl][mask] = object_id
             records.append(record)
@@ -119,6 +131,29 @@ class InstanceStitcher:
                 self.truncated += 1
         self.canvas.write(wx, wy, out)
         return records
+
+    def clip_to_canvas(self, wx: int, wy: int, labels: np.ndarray) -> np.ndarray:
+        """``labels`` of the window at ``(wx, wy)`` with every pixel outside the canvas set to 0.
+
+        Returns the input itself when the window lies inside the canvas, else a cleared copy.
+        """
+        h, w = labels.shape
+        top, left = max(0, -wy), max(0, -wx)
+        bottom, right = max(0, wy + h - self.canvas.height), max(0, wx + w - self.canvas.width)
+        if not (top or left or bottom or right):
+            return labels
+        clipped = np.zeros_like(labels)
+        clipped[top:h - bottom, left:w - right] = labels[top:h - bottom, left:w - right]
+        return clipped
+
+    def _check_inside(self, object_id: int, origin: tuple[int, int], shape: tuple[int, int]) -> None:
+        """Raise :class:`InvariantError` unless the object's bounding box lies inside the canvas."""
+        x0, y0 = origin
+        if x0 < 0 or y0 < 0 or x0 + shape[1] > self.canvas.width or y0 + shape[0] > self.canvas.height:
+            raise InvariantError(
+                f"object {object_id} spans x {x0}..{x0 + shape[1]}, y {y0}..{y0 + shape[0]}, outside the "
+                f"{self.canvas.width}x{self.canvas.height} image"
+            )
 
     def _coordinates(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Flattened row and column indices of a window (cached: windows share their shape)."""

@@ -7,13 +7,15 @@ from pathlib import Path
 
 def register_cli(subparsers) -> None:
     """Add ``train`` and ``export-dataset`` to the ``dlcore`` command's subparsers."""
+    from dlcore.cli import HelpFormatter
+
     p = subparsers.add_parser(
         "train", help="train a model on an annotated dataset and add it to the registry",
         description="Train a semantic, instance or classification model on a local annotated dataset "
                     "(images/ + labels/, class folders, or a folder written by `dlcore export-dataset`). "
                     "Splits are by image (groups.csv can group images); the held-out test metrics, a QC "
                     "report and the training provenance go into the new package's card.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("dataset", type=Path, help="dataset folder")
     p.add_argument("--task", choices=("semantic", "instances", "classification"), required=True)
     p.add_argument("--name", required=True, help="model name in the registry (a new version if it exists)")

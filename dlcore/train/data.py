@@ -28,6 +28,7 @@ from dlcore.errors import InputError, ParameterError
 
 TASKS = ("semantic", "instances", "classification")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+LABEL_SUFFIXES = (*IMAGE_SUFFIXES, ".xml")
 FORMAT_VERSION = 1
 
 
@@ -170,8 +171,41 @@ def read_mask(path: Path) -> np.ndarray:
     return mask
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def read_label(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The ``(Y, X)`` label mask of an image of ``shape``: a mask image, or Aperio XML outlines rasterised.
+
+    Raises :class:`InputError` when the mask's size differs from the image's.
+    """
+    if path.suffix.lower() == ".xml":
+        from dlcore.io.aperio_xml import instance_mask, read_aperio_xml
+
+        return instance_mask(read_aperio_xml(path), shape)
+    mask = read_mask(path)
+    if mask.shape != tuple(shape):
+        raise InputError(f"label mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}")
+    return mask
+
+
+def image_label_pairs(root: Path) -> list[tuple[Path, Path]]:
+    """``(image, label)`` file pairs of an ``images/`` + ``labels/`` folder, matched by file stem, sorted.
+
+    A label is a mask image (PNG/TIFF, 0 = background) or an Aperio ImageScope ``.xml`` of outlines.
+    Raises :class:`InputError` for an image without a label or an empty ``images/``.
+    """
+    labels = {_stem(p): p for p in _image_files(root / "labels", LABEL_SUFFIXES)}
+    pairs = []
+    for path in _image_files(root / "images"):
+        stem = _stem(path)
+        if stem not in labels:
+            raise InputError(f"{path} has no label mask labels/{stem}.png|tif|xml")
+        pairs.append((path, labels[stem]))
+    if not pairs:
+        raise InputError(f"{root / 'images'} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return pairs
+
+
+def _image_files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
 
 
 def _stem(path: Path) -> str:
@@ -198,7 +232,8 @@ def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str
     ----------
     root : one of three layouts:
         an archive written by :func:`export_dataset` (it has ``dataset.json``);
-        ``images/`` + ``labels/`` with label masks of the same file stem (semantic or instances);
+        ``images/`` + ``labels/`` with label masks (or Aperio XML outlines) of the same file stem
+        (semantic or instances);
         class folders ``root/<class>/*.png`` (classification).
         An optional ``groups.csv`` (columns ``image``, ``group``; image = file stem) sets split groups;
         by default each image is its own group.  An optional ``classes.txt`` names the classes, one per line.
@@ -222,16 +257,11 @@ def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str
         task = task or "semantic"
         if task not in ("semantic", "instances"):
             raise ParameterError(f"task={task!r}: a folder with images/ and labels/ is for 'semantic' or 'instances'")
-        labels = {_stem(p): p for p in _image_files(root / "labels")}
         samples = []
-        for path in _image_files(root / "images"):
-            stem = _stem(path)
-            if stem not in labels:
-                raise InputError(f"{path} has no label mask labels/{stem}.png|tif")
-            samples.append(Sample(read_image(path), read_mask(labels[stem]), None, str(path),
-                                  groups.get(stem, stem), mpp))
-        if not samples:
-            raise InputError(f"{root / 'images'} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        for path, label in image_label_pairs(root):
+            image = read_image(path)
+            samples.append(Sample(image, read_label(label, image.shape[:2]), None, str(path),
+                                  groups.get(_stem(path), _stem(path)), mpp))
         if classes is None:
             if task == "instances":
                 classes = ("nucleus",)
