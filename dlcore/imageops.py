@@ -15,26 +15,24 @@ def remove_small(image: np.ndarray, min_size: int) -> np.ndarray:
     if image.dtype == bool:
         labels, _ = ndi.label(image, structure=np.ones((3, 3), bool))
         return remove_small(labels, min_size) > 0
-    if min_size <= 1 or image.max() == 0:
+    if min_size <= 1:
         return image
-    sizes = np.bincount(image.ravel())
-    small = sizes < min_size
-    small[0] = False
-    if not small.any():
-        return image
-    out = image.copy()
-    out[small[image]] = 0
-    return out
+    return _remove_labels(image, lambda sizes: sizes < min_size)
 
 
 def remove_large(labels: np.ndarray, max_size: int) -> np.ndarray:
     """An integer label image with the labels of more than ``max_size`` pixels set to 0 (others kept)."""
+    return _remove_labels(labels, lambda sizes: sizes > max_size)
+
+
+def _remove_labels(labels: np.ndarray, drop) -> np.ndarray:
+    """``labels`` with the ids whose pixel counts ``drop(sizes)`` marks set to 0 (a copy only if any is)."""
     if labels.max() == 0:
         return labels
-    large = np.bincount(labels.ravel()) > max_size
-    large[0] = False
-    if not large.any():
+    dropped = drop(np.bincount(labels.ravel()))
+    dropped[0] = False
+    if not dropped.any():
         return labels
     out = labels.copy()
-    out[large[labels]] = 0
+    out[dropped[labels]] = 0
     return out

@@ -2,7 +2,6 @@
 touches every edge, and the invariant that no result lies outside the image."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -11,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
 
 from dlcore.cli import build_parser, main
 from dlcore.io.local import expand_slide_paths

@@ -117,3 +117,20 @@ def test_background_removal_and_size_limit_are_parameters():
         ClassicalNuclei(markers="gland")
     with pytest.raises(ParameterError, match="stain_vectors"):
         ClassicalNuclei(stain_vectors="guess")
+
+
+def test_a_third_reference_in_the_stains_plane_is_replaced_by_the_residual():
+    """On a real CoNSeP tile the estimated haematoxylin and eosin and the reference DAB nearly shared a
+    plane (determinant < 1e-3): the matrix must stay invertible and well conditioned."""
+    hematoxylin, eosin = (0.552, 0.776, 0.305), (0.485, 0.743, 0.462)
+    rng = np.random.default_rng(2)
+    kind = rng.integers(0, 3, 30_000)
+    h = np.where(kind != 1, rng.uniform(0.2, 1.0, kind.size), 0.0)
+    e = np.where(kind != 0, rng.uniform(0.2, 1.0, kind.size), 0.0)
+    rgb = _render(np.stack([h, e], axis=1), [hematoxylin, eosin]).reshape(150, 200, 3)
+    stains = estimate_stains([rgb])
+    assert "replaced by the residual" in stains.method
+    matrix = np.asarray(stains.vectors)
+    assert abs(np.linalg.det(matrix)) > 0.05
+    unmixed = stains.concentrations(rgb)[..., 0].ravel()
+    assert np.corrcoef(unmixed[kind != 1], h[kind != 1])[0, 1] > 0.98

@@ -37,12 +37,18 @@ FIELD_HELP = {
     "sigma": "Smoothing before thresholding, in pixels (3 suits 0.25-0.5 µm/pixel)",
     "threshold_method": "How the nuclei/background threshold is chosen (once per slide)",
     "threshold": "A fixed threshold instead (leave empty to compute it per slide)",
+    "stain_vectors": "Stain colours for colour deconvolution: estimated from each image (robust to your lab's "
+                     "stains) or the textbook ones",
     "split_touching": "Split touching nuclei (watershed)",
+    "markers": "Where the watershed starts: centres of the nuclei shapes ('distance') or their darkest points",
     "min_distance": "Smallest distance between two nuclei centres, in pixels",
     "min_size": "Remove objects smaller than this many pixels",
+    "max_area_um2": "Remove objects larger than this many µm²: not nuclei (glands, folds); empty: no limit",
+    "background_radius_um": "Local background radius in µm, removed before thresholding so dense tissue is "
+                            "not all 'nuclei' (0: off)",
     "mpp": "Analyse at this pixel size in µm (empty: the image's own pixels)",
     "tile_size": "Tile size in pixels (memory use; results do not depend on it)",
-    "halo": "Overlap between tiles in pixels (must exceed the largest nucleus radius)",
+    "halo": "Overlap between tiles in pixels (empty: what the other settings need)",
 }
 
 
@@ -135,7 +141,7 @@ def task_params(task_name: str, grouping: int) -> list:
     for index, field in enumerate(fields, 1):
         kwargs = {"grouping": f"{grouping}.{index}", "description": FIELD_HELP[field.name]}
         default = field.default if field.default is not dataclasses.MISSING else None
-        kind = str(field.type)
+        kind = str(field.type).removesuffix(" | None")  # optional fields: no value given = the task's default
         choices = re.findall(r"[\"']([^\"']+)[\"']", kind) if kind.startswith("Literal") else []
         if default is not None:
             kwargs["default"] = str(default) if "str" in kind or choices else default

@@ -38,6 +38,7 @@ OD_THRESHOLD = 0.15  # Macenko's beta: pixels with a smaller OD in any channel a
 ANGLE_PERCENTILE = 1.0  # Macenko's alpha, in percent
 MIN_STAIN_ANGLE_DEG = 8.0  # two estimated stains closer than this are one stain
 MAX_DEVIATION_DEG = 35.0  # an estimate farther than this from its reference is not trusted
+MIN_DETERMINANT = 0.05  # a stain matrix of unit rows closer to singular than this amplifies noise
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -67,10 +68,12 @@ class StainMatrix:
     def concentrations(self, rgb: np.ndarray) -> np.ndarray:
         """``(Y, X, 3)`` float32 concentrations of haematoxylin, eosin and DAB of an 8-bit RGB image.
 
-        Negative values (noise, or light the model does not explain) are kept: clipping them would
-        bias the smoothed signal near stain borders.
+        Negative amounts (light the vectors do not explain exactly, e.g. strong eosin read through a
+        slightly wrong eosin vector) are set to 0, as scikit-image's ``rgb2hed`` does: a negative
+        haematoxylin under eosin would make white gaps stand out from pink tissue as if they held
+        haematoxylin.
         """
-        return (optical_density(rgb) @ self.unmixing()).astype(np.float32)
+        return np.maximum(optical_density(rgb) @ self.unmixing(), 0).astype(np.float32)
 
     def describe(self) -> dict:
         """What provenance records: the vectors (rounded) and the method."""
@@ -113,8 +116,15 @@ def estimate_stains(samples: list[np.ndarray], *, max_pixels: int = 500_000, see
     vectors = [tuple(map(float, v)) for v in reference]
     vectors[0] = tuple(map(float, hematoxylin))
     vectors[other_index] = tuple(map(float, other))
+    third = f"{STAINS[3 - other_index]} reference"
+    if abs(np.linalg.det(np.asarray(vectors))) < MIN_DETERMINANT:
+        # the estimated pair and the third reference nearly share a plane: unmixing would amplify noise,
+        # so the third row becomes the residual direction, orthogonal to both stains
+        residual = _unit(np.cross(hematoxylin, other))
+        vectors[3 - other_index] = tuple(map(float, residual * np.sign(residual.sum())))
+        third = f"{STAINS[3 - other_index]} replaced by the residual (the reference lay in the stains' plane)"
     return StainMatrix(
         vectors=tuple(vectors),
         method=(f"estimated from the slide (Macenko 2009): haematoxylin and {STAINS[other_index]}, "
-                f"{deviations[0]:.0f}° and {deviations[1]:.0f}° from the reference; {STAINS[3 - other_index]} reference"),
+                f"{deviations[0]:.0f}° and {deviations[1]:.0f}° from the reference; {third}"),
     )

@@ -1,7 +1,6 @@
 """The ``dlcore train`` and ``dlcore export-dataset`` commands (registered by :func:`register_cli`)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 
