@@ -66,6 +66,24 @@ def _counted(service: str):
     return wrap
 
 
+def like_regex(pattern: str, *, escape: str | None = None):
+    """SQL/HQL ``LIKE`` as PostgreSQL evaluates it: ``%`` any run, ``_`` any one character, ``escape``
+    makes the next character literal."""
+    import re
+
+    out, chars = [], iter(pattern)
+    for char in chars:
+        if escape is not None and char == escape:
+            out.append(re.escape(next(chars, "")))
+        elif char == "%":
+            out.append(".*")
+        elif char == "_":
+            out.append(".")
+        else:
+            out.append(re.escape(char))
+    return re.compile("".join(out), re.S)
+
+
 def _val(x):
     return x.getValue() if hasattr(x, "getValue") else x
 
@@ -82,6 +100,8 @@ class Server:
         self.tables: dict[int, dict] = {}  # OriginalFile id -> {"columns": [...], "values": {name: []}}
         self.calls: Counter = Counter()
         self.open_stores: set = set()
+        self.channel_ranges: dict[tuple[int, int], tuple[float, float]] = {}  # (pixels id, channel) -> min, max
+        self.pyramids_pending: set[int] = set()  # pixels ids whose pyramid the server is still building
         self.members: dict[int, set[int]] = defaultdict(set)  # group id -> user ids
 
     # -- setting up -------------------------------------------------------------------------------
@@ -542,10 +562,10 @@ class QueryService:
     def projection(self, query, params, ctx=None):
         p = _params(params)
         if query == Q_RUN_ROIS:
-            prefix = p["marker"].removesuffix("%")
+            pattern = like_regex(p["marker"], escape="!")
             return [[rlong(r.getId().getValue()), rstring(_val(r.getDescription()))]
                     for r in self._visible(self.server.rois_of(p["iid"]))
-                    if (_val(r.getDescription()) or "").startswith(prefix)]
+                    if pattern.fullmatch(_val(r.getDescription()) or "")]
         raise NotImplementedError(f"the double does not know the query {query!r}")
 
 
@@ -555,6 +575,10 @@ class PixelsService:
 
     @_counted("IPixels")
     def createImage(self, sizeX, sizeY, sizeZ, sizeT, channelList, pixelsType, name, description, ctx=None):
+        # Ice marshals channelList as omero::sys::IntList (sequence<int>) and refuses anything else
+        for index, value in enumerate(channelList):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"invalid value for element {index} of sequence<int>")
         group = self.conn.save_group(ctx)
         dtype = np.dtype(BIG_ENDIAN[pixelsType.getValue().getValue()]).newbyteorder("=")
         levels = [np.zeros((sizeY, sizeX, len(channelList)), dtype)]
@@ -562,6 +586,19 @@ class PixelsService:
                                          pixels_type=pixelsType.getValue().getValue())
         self.server.get("Image", image_id).setDescription(rstring(description))
         return rlong(image_id)
+
+
+    @_counted("IPixels")
+    def setChannelGlobalMinMax(self, pixelsId, channelIndex, minValue, maxValue, ctx=None):
+        if not isinstance(channelIndex, int) or not all(isinstance(v, float) for v in (minValue, maxValue)):
+            raise ValueError("setChannelGlobalMinMax takes (long, int, double, double)")
+        self.server.channel_ranges[(int(pixelsId), channelIndex)] = (minValue, maxValue)
+
+
+#: OMERO.server writes an image above max_plane_width x max_plane_height (3192 x 3192 by default) that has
+#: no original file as a BfPyramidPixelBuffer (omero-romio PixelsService), which holds these types only
+MAX_PLANE_PIXELS = 3192 * 3192
+PYRAMID_TYPES = {"int8", "uint8", "int16", "uint16"}
 
 
 class RawPixelsStore:
@@ -589,6 +626,14 @@ class RawPixelsStore:
         pixels = self.server.get("Pixels", pixels_id)
         if pixels is None or not self.server.can_see(self.conn.user, pixels):
             raise omero.SecurityViolation(None, None, f"Pixels:{pixels_id} is not readable")
+        if int(pixels_id) in self.server.pyramids_pending:  # a big import whose pyramid is being built
+            raise omero.MissingPyramidException(None, None, "Pixels pyramid is being generated", None, int(pixels_id))
+        pixels_type = pixels.getPixelsType().getValue().getValue()
+        height, width = self.server.pixels[int(pixels_id)][0].shape[:2]
+        if width * height > MAX_PLANE_PIXELS and pixels_type not in PYRAMID_TYPES:
+            raise omero.InternalException(
+                None, None, f"cannot write a pyramid of {pixels_type} pixels ({width}x{height} is above "
+                "omero.pixeldata.max_plane_width x height): OMERO pyramids hold 8- and 16-bit pixels only")
         self.pixels_id = int(pixels_id)
         self.level = len(self._levels) - 1
 
@@ -677,6 +722,10 @@ class Table:
 
     @_counted("Table")
     def initialize(self, cols):
+        for c in cols:  # PyTables' check_name_validity, as HdfStorage meets it
+            if not c.name or "/" in c.name or c.name[:3] in ("_i_", "_v_", "_f_", "_g_", "_c_"):
+                raise omero.InternalException(None, None, f"ValueError: column name {c.name!r} is not a valid "
+                                              "PyTables name (no '/', no reserved prefix)")
         self.record["columns"] = [(type(c).__name__, c.name) for c in cols]
         self.record["values"] = {c.name: [] for c in cols}
 
@@ -685,6 +734,12 @@ class Table:
         sizes = {len(c.values) for c in cols}
         if len(sizes) != 1 or [c.name for c in cols] != [n for _, n in self.record["columns"]]:
             raise omero.ApiUsageException(None, None, "columns do not match the table's, or differ in length")
+        for c in cols:
+            if isinstance(c, omero.grid.StringColumn):  # StringColumnI: the size is in bytes of UTF-8
+                for value in c.values:
+                    if len(value.encode()) > c.size:
+                        raise omero.ValidationException(
+                            None, None, f"Maximum string (byte) length in column {c.name} is {c.size}")
         for c in cols:
             self.record["values"][c.name].extend(c.values)
 

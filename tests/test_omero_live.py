@@ -70,7 +70,7 @@ def test_run_twice_writes_once(conn, image):
     maps = [a for a in conn.getObject("Image", image.getId()).listAnnotations(ns="dlcore/nuclei-classical")]
     assert len([a for a in maps if a.OMERO_TYPE.__name__ == "MapAnnotationI"]) == 1
     label = conn.getObject("Image", report.output_id("label image"))
-    assert label is not None and label.getPrimaryPixels().getPixelsType().getValue() == "uint32"
+    assert label is not None and label.getPrimaryPixels().getPixelsType().getValue() == "uint16"
 
 
 def test_scripts_upload_and_run(conn, image):
@@ -81,13 +81,17 @@ def test_scripts_upload_and_run(conn, image):
 
     host = os.environ["OMERO_HOST"]
     login = ["-s", host, "-u", user, "-w", password]
-    script = ROOT / "omero_scripts/Deep_Learning/Classical_Segmentation.py"
-    out = subprocess.run([sys.executable, "-m", "omero", "script", "upload", "--official", str(script),
-                          "--path", "/Deep_Learning/Classical_Segmentation.py", *login],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
+    # `omero script upload` takes --official and the file only: the file argument, as given, becomes the
+    # script's path in the script repository (omero-py plugins/script.py upload), so run it from omero_scripts/
+    relative = "Deep_Learning/Classical_Segmentation.py"
     svc = conn.getScriptService()
-    script_id = svc.getScriptID("/Deep_Learning/Classical_Segmentation.py")
+    existing = svc.getScriptID(relative)
+    verb = ["replace", str(existing)] if existing and existing > 0 else ["upload", "--official"]
+    out = subprocess.run([sys.executable, "-m", "omero", "script", *verb, relative, *login],
+                         cwd=ROOT / "omero_scripts", capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    script_id = svc.getScriptID(relative)
+    assert script_id and script_id > 0
     proc = svc.runScript(script_id, {"Data_Type": rstring("Image"), "IDs": rlist([rlong(image.getId())]),
                                      "Max_ROIs": rlong(100)}, None)
     import omero.scripts

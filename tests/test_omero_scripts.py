@@ -6,7 +6,7 @@ from pathlib import Path
 import omero.scripts
 import pytest
 from omero.model import ImageI
-from omero.rtypes import unwrap
+from omero.rtypes import rstring, unwrap
 
 from dlcore.omero import scripts as dls
 from dlcore.tasks.classical import ClassicalNuclei
@@ -59,23 +59,46 @@ def test_run_model_lists_builtin_tasks():
 
 
 class FakeScriptClient:
-    """What a script's ``omero.scripts.client`` gives: inputs in, outputs out."""
+    """What a script's ``omero.scripts.client`` gives: inputs in, outputs out, over one session.
+
+    As with omero-py's client, once the session is closed (by ``closeSession()``, or by closing a
+    BlitzGateway built on this client) ``setOutput`` raises ``omero.ClientError``."""
 
     def __init__(self, inputs):
         self.inputs, self.outputs = inputs, {}
+        self.session_open = True
 
     def getInputs(self, unwrap=False):
         return dict(self.inputs)
 
     def setOutput(self, key, value):
+        if not self.session_open:
+            raise omero.ClientError("No session available")
         self.outputs[key] = value
+
+    def closeSession(self):
+        self.session_open = False
+
+
+def _on_script_session(conn, fake):
+    """``conn`` as ``BlitzGateway(client_obj=fake)`` would be: closing it closes the script's session."""
+    if conn is None:
+        return None
+    close = conn.close
+
+    def close_session(hard=True):
+        close(hard)
+        fake.closeSession()
+
+    conn.close = close_session
+    return conn
 
 
 def _exec_script(name, inputs, conn, monkeypatch):
     """Execute the script file as OMERO would, with the client and connection replaced."""
     fake = FakeScriptClient(inputs)
     monkeypatch.setattr(dls, "client", lambda *a, **k: fake)
-    monkeypatch.setattr(dls, "connect_client", lambda c: conn)
+    monkeypatch.setattr(dls, "connect_client", lambda c: _on_script_session(conn, fake))
     code = (ROOT / "omero_scripts/Deep_Learning" / name).read_text()
     exec(compile(code, name, "exec"), {"__name__": "__main__"})
     return fake
@@ -101,6 +124,23 @@ def test_classical_segmentation_script_runs_and_links_outputs(monkeypatch, capsy
     assert "tiles:" in out and message in out  # progress lines and the outcome on stdout
     kv = {nv.name: nv.value for a in server.annotations_of(image) if hasattr(a, "getMapValue") for nv in a.getMapValue()}
     assert '"sigma": 2.5' in kv["parameters"]
+
+
+def test_scripts_set_every_output_before_the_session_closes(monkeypatch, tmp_path):
+    """A gateway on the script's client closes the script's session (omero-py BlitzGateway.close ->
+    closeSession): the Message must be set before that, and the session closed only at the end."""
+    from omero_double import Server, demo_levels
+
+    server = Server()
+    group = server.add_group("lab")
+    user = server.add_user("alice", [group])
+    image = server.add_image(demo_levels(tmp_path), name="s", owner=user, group=group)
+    fake = _exec_script("Classical_Segmentation.py", {"Data_Type": "Image", "IDs": [image], "Max_ROIs": 5},
+                        server.connect(user, group), monkeypatch)
+    assert fake.outputs["Message"].getValue().startswith("1 of 1 image analysed")
+    assert "Label_Image" in fake.outputs and not fake.session_open
+    with pytest.raises(omero.ClientError):
+        fake.setOutput("late", rstring("x"))
 
 
 def test_run_model_script_reports_bad_input_and_writes_nothing(monkeypatch):

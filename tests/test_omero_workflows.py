@@ -1,7 +1,9 @@
 """Runs on OMERO images against the in-process double: what is written, replaced, refused, cleaned up."""
+import io
 import json
 
 import numpy as np
+import tifffile
 import pytest
 from omero.model import FileAnnotationI, MapAnnotationI, TagAnnotationI
 from omero.rtypes import rstring
@@ -80,8 +82,13 @@ def test_a_run_writes_rois_label_image_table_key_values_and_files(omero):
     label_id = report.output_id("label image")
     assert label_id in server.images_in(ids["dataset"])
     labels = server.pixels[server.pixels_of(label_id)][0][..., 0]
-    assert labels.shape == (1024, 1536) and labels.dtype == np.uint32
-    assert len(np.unique(labels)) - 1 == n  # every object is in the label image
+    assert labels.shape == (1024, 1536) and labels.dtype == np.uint16  # what an OMERO pyramid can hold
+    assert len(np.unique(labels)) - 1 == n  # every object is in the label image (fewer than 65,535: exact ids)
+    assert server.channel_ranges[(server.pixels_of(label_id), 0)] == (0.0, float(n))  # not displayed black
+    assert values["label_value"] == values["id"]
+    exact = tifffile.imread(io.BytesIO(server.file_bytes[files["labels.ome.tif"][1].getId().getValue()]))
+    assert exact.dtype == np.uint32 and np.array_equal(exact, labels)
+    assert report.output_id("exact labels") == files["labels.ome.tif"][0].getId().getValue()
     label_image = server.get("Image", label_id)
     assert server.owner_group(label_image)[1] == ids["group"]
     assert server.get("Pixels", server.pixels_of(label_id)).getPhysicalSizeX().getValue() == pytest.approx(0.5)

@@ -23,7 +23,17 @@ RUN_ID_KEY = "run id"
 
 Q_RUN_LINKS = ("select l from ImageAnnotationLink l join fetch l.child a "
                "where l.parent.id = :iid and a.ns = :ns")
-Q_RUN_ROIS = "select r.id, r.description from Roi r where r.image.id = :iid and r.description like :marker"
+Q_RUN_ROIS = ("select r.id, r.description from Roi r where r.image.id = :iid "
+              "and r.description like :marker escape '!'")
+LIKE_ESCAPE = "!"
+
+
+def like_prefix(text: str) -> str:
+    """A LIKE pattern matching strings that start with ``text`` literally: ``_`` and ``%`` (wildcards in
+    SQL and HQL) and the escape character itself are escaped with ``!`` (the query says ``escape '!'``)."""
+    for char in (LIKE_ESCAPE, "_", "%"):
+        text = text.replace(char, LIKE_ESCAPE + char)
+    return text + "%"
 Q_TAG = "select t from TagAnnotation t where t.ns = :ns and t.textValue = :name"
 
 
@@ -81,7 +91,7 @@ def find_earlier_run(conn, image_id: int, run_key: str, *, keep_run_id: str, con
                 found.label_image_ids.append(int(label.split(":")[1].split()[0]))
         found.annotation_ids.append(int(child.getId().getValue()))
     marker = ROI_MARKER.format(run_key=run_key)
-    rows = query.projection(Q_RUN_ROIS, _params(iid=image_id, marker=marker + "%"), context)
+    rows = query.projection(Q_RUN_ROIS, _params(iid=image_id, marker=like_prefix(marker)), context)
     keep = marker + keep_run_id
     found.roi_ids = [int(row[0].getValue()) for row in rows if row[1].getValue() != keep]
     return found

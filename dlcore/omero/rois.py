@@ -56,7 +56,8 @@ def object_roi(obj: ObjectRecord, image_id: int, *, marker: str, color: tuple[in
         shape.setY(rdouble(y0))
         shape.setWidth(rdouble(x1 - x0))
         shape.setHeight(rdouble(y1 - y0))
-    shape.setTextValue(rstring(obj.class_name or str(obj.id)))
+    if obj.class_name:  # a class is worth reading on the image; an id on each of thousands of shapes is clutter
+        shape.setTextValue(rstring(obj.class_name))
     shape.setStrokeColor(rint(omero_color(color)))
     shape.setFillColor(rint(omero_color(color, alpha=0)))
     roi.addShape(shape)

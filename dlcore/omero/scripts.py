@@ -205,20 +205,32 @@ def connect_client(script_client):
 
 def script_body(script_client, work, *, conn=None) -> str:
     """Run ``work(conn, inputs) -> message`` for a script: connect, report a :class:`DlcoreError` as
-    "Nothing was written: ...", close the connection, print the message and set the ``Message`` output."""
+    "Nothing was written: ...", print the message and set the ``Message`` output.
+
+    The gateway is never closed here: one built with ``BlitzGateway(client_obj=script_client)`` shares
+    the script's session, and its ``close()`` closes that session (omero-py ``gateway/__init__.py``
+    ``close`` -> ``clients.py`` ``closeSession``), after which ``setOutput`` fails with "No session
+    available" and the job ends in error with no Message.  The script file closes the session last, after
+    every output is set (:func:`run_script_file`)."""
     inputs = script_client.getInputs(unwrap=True)
-    own_conn = conn is None
     conn = conn or connect_client(script_client)
     try:
         message = work(conn, inputs)
     except DlcoreError as exc:
         message = f"Nothing was written: {exc}"
-    finally:
-        if own_conn:
-            conn.close(hard=False)
     print(message)
     script_client.setOutput("Message", rstring(message))
     return message
+
+
+def run_script_file(script_client, body, **kwargs) -> None:
+    """What each script file does after declaring its parameters: ``body(script_client, **kwargs)``,
+    then close the script's session (omero-scripts' ``finally: client.closeSession()``) once every
+    output is set."""
+    try:
+        body(script_client, **kwargs)
+    finally:
+        script_client.closeSession()
 
 
 def run_script(script_client, *, task: str | None = None, conn=None) -> str:

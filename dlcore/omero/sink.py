@@ -5,7 +5,8 @@ What a run leaves on an image, all in the image's group and the namespace ``dlco
 - ROIs: one polygon per object, up to the ROI cap (:mod:`dlcore.omero.rois`), saved in batches of 500
   while tiles stream;
 - an OMERO.table of every object's measurements, with ``Image`` and ``Roi`` columns (:mod:`~dlcore.omero.tables`);
-- a label image (uint32, working resolution) in the image's datasets (:mod:`~dlcore.omero.label_image`);
+- a label image (uint16, working resolution; ids above 65,535 wrap, the exact uint32 labels are an
+  attached pyramidal OME-TIFF) in the image's datasets (:mod:`~dlcore.omero.label_image`);
 - key-value pairs with the provenance and summary, tags for classification results, and attached files:
   ``objects.geojson`` (QuPath), ``objects.csv``, ``overview.png``, ``provenance.json``.
 
@@ -36,11 +37,15 @@ from dlcore.omero.tables import TableWriter
 log = logging.getLogger(__name__)
 
 ATTACHED_FILES = {  # LocalFolderSink output name -> (mimetype, description)
+    "label image": ("image/tiff", "label image with exact object ids (pyramidal uint32 OME-TIFF; the OMERO label "
+                                  "image wraps ids above 65,535)"),
     "outlines": ("application/geo+json", "object outlines (GeoJSON; QuPath: File > Import objects)"),
     "measurements": ("text/csv", "per-object measurements (CSV)"),
     "overview": ("image/png", "overview: outlines drawn over the slide"),
     "provenance": ("application/json", "provenance of the run (dlcore, task, parameters, timings)"),
 }
+
+RENAMED_OUTPUTS = {"label image": "exact labels"}  # "label image" names the OMERO image in a run's outputs
 
 
 @contextlib.contextmanager
@@ -91,7 +96,7 @@ class OmeroSink:
     def begin(self, context: RunContext) -> None:
         self._run = context
         self._scratch = Path(tempfile.mkdtemp(prefix="dlcore-omero-"))
-        self._files = LocalFolderSink(self._scratch, label_format="none")
+        self._files = LocalFolderSink(self._scratch, label_format="ome-tiff")  # exact uint32 ids, attached
         self._files.begin(context)
         update = self._conn.getUpdateService()
         colors = dict(zip(context.class_names, context.class_colors)) if context.class_colors else {}
@@ -161,7 +166,7 @@ class OmeroSink:
             "label image": f"Image:{label_id}",
             "table": f"FileAnnotation:{table_ann_id}",
             "key-value pairs": f"MapAnnotation:{map_id}",
-            **{name: f"FileAnnotation:{i}" for name, i in uploaded.items()},
+            **{RENAMED_OUTPUTS.get(name, name): f"FileAnnotation:{i}" for name, i in uploaded.items()},
         }
         if outputs.tags:
             written["tags"] = ", ".join(outputs.tags)

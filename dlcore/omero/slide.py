@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from dlcore.errors import SlideError
+from dlcore.errors import OmeroError, SlideError
 from dlcore.io.slide import Level, SlideInfo, check_region
 from dlcore.io.tiled import TileCache, assemble_region
 
@@ -91,7 +91,7 @@ class OmeroSlide:
             store = self._conn.c.sf.createRawPixelsStore()
             with self._lock:
                 self._stores.append(store)
-            store.setPixelsId(self.pixels_id, False, READ_CONTEXT)
+            open_pixels(store, self.pixels_id, f"Image:{self.image_id}")
             self._local.store = store
             self._local.omero_level = None
         return store
@@ -177,3 +177,18 @@ def _channel_names(image, size_c: int) -> tuple[str, ...]:
     if len(names) != size_c:
         names = ["R", "G", "B"] if size_c == 3 else [f"C{i}" for i in range(size_c)]
     return tuple(str(n) for n in names)
+
+
+def open_pixels(store, pixels_id: int, what: str) -> None:
+    """``store.setPixelsId`` for reading, with the server's "pyramid not built yet" made clear.
+
+    A big image the server has just imported raises ``omero.MissingPyramidException`` until its
+    pixels service has built the pyramid (minutes to hours for a whole slide).
+    """
+    import omero
+
+    try:
+        store.setPixelsId(pixels_id, False, READ_CONTEXT)
+    except omero.MissingPyramidException as exc:
+        raise OmeroError(f"{what}: the server is still building this image's pyramid (it was imported recently); "
+                         "try again later") from exc

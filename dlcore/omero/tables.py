@@ -1,32 +1,65 @@
 """The per-object measurement table as an OMERO.table, written in batches while tiles stream.
 
 Columns: ``Image`` (ImageColumn), ``Roi`` (RoiColumn, -1 for objects beyond the ROI cap), then the
-columns of :func:`dlcore.io.sink.object_columns` (the same as the local ``objects.csv``): integers as
-LongColumn, the class as a StringColumn, the rest as DoubleColumn (NaN where unknown).
+columns of :func:`dlcore.io.sink.object_columns` (the same as the local ``objects.csv``) with
+``label_value`` (the object's value in the OMERO label image, see
+:func:`dlcore.omero.label_image.label_value`) after ``id``: integers as LongColumn, the class as a
+StringColumn, the rest as DoubleColumn (NaN where unknown).
+
+What the server refuses, and how the writer avoids it:
+
+- ``StringColumnI`` limits each value to ``size`` *bytes* of UTF-8 and raises
+  ``omero.ValidationException`` beyond (omero-py ``tables/columns.py``): strings are cut to the byte
+  limit at a character boundary (:func:`fit_utf8`).
+- Column names become PyTables column names, which refuse ``/`` (and names starting with ``_i_``,
+  ``_v_``, ``_f_``, ``_g_``, ``_c_``); channel names such as ``CD3/CD8`` appear in ``mean_<channel>``:
+  every character outside ``[A-Za-z0-9_]`` becomes ``_`` and a duplicate gets a numbered suffix
+  (:func:`column_names`).
 """
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 from dlcore.io.sink import object_columns, object_row
 from dlcore.objects import ObjectRecord
 
-LONG_COLUMNS = {"id", "area_px"}
-STRING_COLUMNS = {"class": 64}
+LONG_COLUMNS = {"id", "label_value", "area_px"}
+STRING_COLUMNS = {"class": 64}  # bytes of UTF-8
+
+
+def fit_utf8(text: str, size: int) -> str:
+    """``text`` cut to at most ``size`` bytes of UTF-8, never inside a character."""
+    return text.encode("utf-8")[:size].decode("utf-8", "ignore")
+
+
+def column_names(names: Sequence[str]) -> list[str]:
+    """Names PyTables (and so OMERO.tables) accepts, one per name, unique, in order."""
+    out: list[str] = []
+    for name in names:
+        safe = re.sub(r"[^A-Za-z0-9_]", "_", name) or "column"
+        if safe[0].isdigit() or re.match(r"_[ivfgc]_", safe):
+            safe = "c" + safe
+        candidate, n = safe, 2
+        while candidate in out:
+            candidate, n = f"{safe}_{n}", n + 1
+        out.append(candidate)
+    return out
 
 
 def _columns(names: Sequence[str]) -> list:
     from omero.grid import DoubleColumn, ImageColumn, LongColumn, RoiColumn, StringColumn
 
     cols = [ImageColumn("Image", "the analysed image", []), RoiColumn("Roi", "the object's ROI (-1: none, cap)", [])]
-    for name in names:
+    for name, safe in zip(names, column_names(names)):
+        description = name if safe != name else ""
         if name in LONG_COLUMNS:
-            cols.append(LongColumn(name, "", []))
+            cols.append(LongColumn(safe, description, []))
         elif name in STRING_COLUMNS:
-            cols.append(StringColumn(name, "", STRING_COLUMNS[name], []))
+            cols.append(StringColumn(safe, description, STRING_COLUMNS[name], []))
         else:
-            cols.append(DoubleColumn(name, "level-0 pixels unless named otherwise", []))
+            cols.append(DoubleColumn(safe, description or "level-0 pixels unless named otherwise", []))
     return cols
 
 
@@ -34,7 +67,7 @@ def _cell(name: str, value):
     if name in LONG_COLUMNS:
         return int(value)
     if name in STRING_COLUMNS:
-        return str(value)[:STRING_COLUMNS[name]]
+        return fit_utf8(str(value), STRING_COLUMNS[name])
     return math.nan if value in ("", None) else float(value)
 
 
@@ -55,7 +88,8 @@ class TableWriter:
 
     def __init__(self, conn, name: str, channels: Sequence[str], context: dict) -> None:
         self._conn, self.name, self._context = conn, name, context
-        self._names = object_columns(channels)
+        columns = object_columns(channels)
+        self._names = [columns[0], "label_value", *columns[1:]]
         self._table = None
         self.file_id: int | None = None
         self.rows = 0
@@ -80,7 +114,9 @@ class TableWriter:
         cols = _columns(self._names)
         cols[0].values = [image_id] * len(objects)
         cols[1].values = [int(r) for r in roi_ids]
-        rows = [object_row(o) for o in objects]
+        from dlcore.omero.label_image import label_value
+
+        rows = [[row[0], int(label_value(row[0])), *row[1:]] for row in (object_row(o) for o in objects)]
         for index, name in enumerate(self._names):
             cols[index + 2].values = [_cell(name, row[index]) for row in rows]
         self._table.addData(cols)

@@ -10,4 +10,4 @@ if __name__ == "__main__":
         "as for Run Model.",
         *dls.target_params(), *dls.task_params("nuclei-classical", 3), *dls.run_option_params(4),
     )
-    dls.run_script(client, task="nuclei-classical")
+    dls.run_script_file(client, dls.run_script, task="nuclei-classical")

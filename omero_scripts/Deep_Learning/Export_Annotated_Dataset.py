@@ -11,4 +11,4 @@ if __name__ == "__main__":
         "The same dataset Train Model would learn from.",
         *dls.target_params(), *training.annotation_params(3), *training.export_params(9),
     )
-    training.export_script(client)
+    dls.run_script_file(client, training.export_script)

@@ -7,4 +7,4 @@ if __name__ == "__main__":
         "List the pipelines and models installed on this server, with what each was trained on, how "
         "well it does and its parameters. Nothing is changed.",
     )
-    dls.list_models_script(client)
+    dls.run_script_file(client, dls.list_models_script)

@@ -14,4 +14,4 @@ if __name__ == "__main__":
         "replaces its earlier results; other results and your own annotations are left alone.",
         *dls.target_params(), *dls.model_params(3), *dls.run_option_params(5),
     )
-    dls.run_script(client)
+    dls.run_script_file(client, dls.run_script)

@@ -17,4 +17,4 @@ if __name__ == "__main__":
         "images' dataset.",
         *dls.target_params(), *training.annotation_params(3), *training.training_params(9),
     )
-    training.train_script(client)
+    dls.run_script_file(client, training.train_script)

@@ -1,0 +1,160 @@
+"""What a real OMERO 5.6 server refuses, enforced by the double, and what the adapter does about it.
+
+Each rule names the source it follows (omero-blitz Slice files, omero-py, omero-romio, ome-model).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+omero = pytest.importorskip("omero", reason="omero-py (and zeroc-ice) are needed for these tests")
+from omero.rtypes import rint, rstring  # noqa: E402
+import omero.clients  # noqa: E402,F401  (loads omero.sys.ParametersI)
+from omero.sys import ParametersI  # noqa: E402
+
+from dlcore.io.labels import LabelCanvas  # noqa: E402
+from dlcore.omero.label_image import Q_PIXELS_TYPE, create_label_image, label_value  # noqa: E402
+from dlcore.omero.tables import TableWriter, column_names, fit_utf8  # noqa: E402
+from omero_double import Server  # noqa: E402
+
+
+@pytest.fixture()
+def lab():
+    server = Server()
+    group = server.add_group("lab", "rwra--")
+    alice = server.add_user("alice", [group])
+    return server, server.connect(alice, group), {"omero.group": str(group)}
+
+
+def _pixels_type(conn, value, context):
+    params = ParametersI()
+    params.add("value", rstring(value))
+    return conn.getQueryService().findByQuery(Q_PIXELS_TYPE, params, context)
+
+
+def test_create_image_takes_plain_ints_as_channel_list(lab):
+    """IPixels.createImage's channelList is omero::sys::IntList (sequence<int>, omero-blitz IPixels.ice):
+    Ice refuses rint before sending anything."""
+    server, conn, context = lab
+    pixels_type = _pixels_type(conn, "uint16", context)
+    with pytest.raises(ValueError, match="element 0 of sequence<int>"):
+        conn.getPixelsService().createImage(64, 64, 1, 1, [rint(0)], pixels_type, "x", "", context)
+    assert conn.getPixelsService().createImage(64, 64, 1, 1, [0], pixels_type, "x", "", context).getValue() > 0
+
+
+def test_a_slide_sized_uint32_image_cannot_be_written_but_the_label_image_can(lab, tmp_path):
+    """Above 3192 x 3192 the server writes a BfPyramidPixelBuffer, which holds 8- and 16-bit pixels only."""
+    server, conn, context = lab
+    pixels_type = _pixels_type(conn, "uint32", context)
+    image_id = conn.getPixelsService().createImage(4000, 3300, 1, 1, [0], pixels_type, "big", "", context).getValue()
+    store = conn.c.sf.createRawPixelsStore()
+    with pytest.raises(omero.InternalException, match="8- and 16-bit"):
+        store.setPixelsId(server.pixels_of(image_id), True, context)
+    store.close()
+
+    canvas = LabelCanvas(tmp_path / "labels.zarr", 4000, 3300)
+    labels = np.zeros((3300, 4000), np.uint32)
+    labels[100:110, 100:110] = 1
+    labels[2000:2010, 3900:3910] = 70_000  # beyond uint16: wraps, stays distinct from background
+    canvas.write(0, 0, labels)
+    label_id = create_label_image(conn, canvas, name="big labels", description="dlcore label image", mpp=0.5,
+                                  context=context)
+    stored = server.pixels[server.pixels_of(label_id)][0][..., 0]
+    assert stored.dtype == np.uint16 and stored[105, 105] == 1 and stored[2005, 3905] == 70_000 - 65_535
+    assert server.channel_ranges[(server.pixels_of(label_id), 0)] == (0.0, float(70_000 - 65_535))
+    assert not server.open_stores
+
+
+def test_label_values_wrap_above_65535_and_keep_background():
+    assert label_value([0, 1, 65_535, 65_536, 70_000, 131_071]).tolist() == [0, 1, 65_535, 1, 4_465, 1]
+
+
+def test_table_strings_are_cut_by_utf8_bytes_and_column_names_are_pytables_safe(lab):
+    """StringColumnI limits bytes, not characters, and raises ValidationException (omero-py
+    tables/columns.py); PyTables refuses '/' in column names."""
+    server, conn, context = lab
+    assert fit_utf8("é" * 40, 64) == "é" * 32 and fit_utf8("ab€", 4) == "ab"
+    assert column_names(["mean_CD3/CD8", "mean_CD3 CD8", "1st", "_v_x", "ok"]) == [
+        "mean_CD3_CD8", "mean_CD3_CD8_2", "c1st", "c_v_x", "ok"]
+
+    from omero.grid import StringColumn
+
+    table = conn.c.sf.sharedResources().newTable(1, "t.h5", context)
+    table.initialize([StringColumn("class", "", 8, [])])
+    with pytest.raises(omero.ValidationException, match="byte"):
+        table.addData([StringColumn("class", "", 8, ["éééééé"])])  # 6 characters, 12 bytes
+    bad = conn.c.sf.sharedResources().newTable(1, "u.h5", context)
+    with pytest.raises(omero.InternalException, match="PyTables"):
+        bad.initialize([StringColumn("mean_CD3/CD8", "", 8, [])])
+
+    from dlcore.objects import ObjectRecord
+
+    writer = TableWriter(conn, "objects.h5", ["CD3/CD8", "DAPI"], context)
+    record = ObjectRecord(id=1, centroid=(1.0, 1.0), bbox=(0, 0, 2, 2), area_px=4, area_um2=None, perimeter_px=8.0,
+                          mean_intensity=(10.0, 20.0), polygon=((0, 0), (2, 0), (2, 2)), class_name="Zellkern-ä" * 10)
+    writer.add(7, [record], [-1])
+    file_id = writer.close()
+    stored = server.tables[file_id]
+    names = [name for _, name in stored["columns"]]
+    assert "mean_CD3_CD8" in names and "label_value" in names
+    assert len(stored["values"]["class"][0].encode()) <= 64
+
+
+def test_like_wildcards_in_run_keys_match_literally():
+    """An ``_`` in a model name is a LIKE wildcard: unescaped, a re-run of ``tiny_nuclei`` would delete
+    the ROIs of ``tinyXnuclei``.  The double evaluates LIKE as PostgreSQL does, escape included."""
+    from dlcore.omero.annotations import like_prefix
+    from omero_double import like_regex
+
+    assert like_regex("ab_d%").fullmatch("abXdef") and not like_regex("ab!_d%", escape="!").fullmatch("abXdef")
+    pattern = like_regex(like_prefix("dlcore:tiny_nuclei:50%!"), escape="!")
+    assert pattern.fullmatch("dlcore:tiny_nuclei:50%!run-1")
+    assert not pattern.fullmatch("dlcore:tinyXnuclei:50%!run-1") and not pattern.fullmatch("dlcore:tiny_nuclei:500!x")
+
+
+def test_rerun_deletes_only_its_own_model_rois_even_with_underscores(lab, tmp_path):
+    from omero.model import ImageI, PolygonI, RoiI
+
+    from dlcore.omero.annotations import find_earlier_run
+    from dlcore.omero.rois import roi_marker
+
+    server, conn, context = lab
+    group = int(context["omero.group"])
+    alice = next(iter(server.members[group]))
+    image = server.add_image([np.zeros((64, 64, 3), np.uint8)], name="s", owner=alice, group=group)
+    rois = []
+    for key in ("tiny_nuclei", "tinyXnuclei"):
+        roi = RoiI()
+        roi.setImage(ImageI(image, False))
+        roi.setDescription(rstring(roi_marker(key, "run-1")))
+        roi.addShape(PolygonI())
+        rois.append(roi)
+    saved = conn.getUpdateService().saveAndReturnArray(rois, context)
+    earlier = find_earlier_run(conn, image, "tiny_nuclei", keep_run_id="run-2", context=context)
+    assert earlier.roi_ids == [saved[0].getId().getValue()]
+
+
+def test_unclassified_rois_carry_no_text_label():
+    from dlcore.objects import ObjectRecord
+    from dlcore.omero.rois import object_roi
+
+    plain = ObjectRecord(id=12, centroid=(1, 1), bbox=(0, 0, 2, 2), area_px=4, area_um2=None, perimeter_px=8.0,
+                         mean_intensity=(1.0,), polygon=((0, 0), (2, 0), (2, 2)))
+    assert object_roi(plain, 1, marker="m").copyShapes()[0].getTextValue() is None
+    import dataclasses
+
+    classified = dataclasses.replace(plain, class_name="tumour")
+    assert object_roi(classified, 1, marker="m").copyShapes()[0].getTextValue().getValue() == "tumour"
+
+
+def test_a_recent_import_without_its_pyramid_says_so(lab):
+    from dlcore.errors import OmeroError
+    from dlcore.omero.slide import OmeroSlide
+
+    server, conn, context = lab
+    group = int(context["omero.group"])
+    alice = next(iter(server.members[group]))
+    image = server.add_image([np.zeros((64, 64, 3), np.uint8)], name="fresh", owner=alice, group=group)
+    server.pyramids_pending.add(server.pixels_of(image))
+    with pytest.raises(OmeroError, match="still building this image's pyramid .*; try again later"):
+        OmeroSlide(conn, conn.getObject("Image", image))
