@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import omero
 import omero.api
+import omero.cmd
 import omero.grid
 from omero.gateway import ServiceOptsDict
 from omero.model import (
@@ -102,6 +104,10 @@ class Server:
         self.open_stores: set = set()
         self.channel_ranges: dict[tuple[int, int], tuple[float, float]] = {}  # (pixels id, channel) -> min, max
         self.pyramids_pending: set[int] = set()  # pixels ids whose pyramid the server is still building
+        self.delete_seconds = 0.0  # how long a Delete2 takes before its handle has a response
+        self.open_handles: set = set()
+        self.deleted: list[dict] = []  # the targets of every Delete2 that completed
+        self.cancelled: list[dict] = []  # the targets of every Delete2 closed before it completed
         self.members: dict[int, set[int]] = defaultdict(set)  # group id -> user ids
 
     # -- setting up -------------------------------------------------------------------------------
@@ -271,6 +277,9 @@ class Conn:
     def close(self, hard=True):
         self.server.calls["Gateway.close"] += 1
 
+    def getUserId(self) -> int:
+        return self.user
+
     def getUpdateService(self):
         return UpdateService(self)
 
@@ -281,15 +290,9 @@ class Conn:
         return PixelsService(self)
 
     def deleteObjects(self, graph_spec, obj_ids, deleteAnns=False, deleteChildren=False, dryRun=False, wait=False):
-        self.server.calls["Gateway.deleteObjects"] += 1
-        for oid in obj_ids:
-            obj = self.server.get(_graph_table(graph_spec), oid)
-            if obj is None:
-                raise omero.CmdError(None, f"{graph_spec}:{oid} does not exist")
-            if self.server.owner_group(obj)[0] != self.user:
-                raise omero.SecurityViolation(None, None, f"{graph_spec}:{oid} belongs to someone else")
-        for oid in obj_ids:
-            _delete(self.server, _graph_table(graph_spec), int(oid))
+        raise NotImplementedError(
+            "BlitzGateway.deleteObjects(wait=True) waits 5 s, then closing its handle cancels an unfinished "
+            "Delete2 (omero-py clients._waitOnCmd, omero-blitz HandleI): use dlcore.omero.deleting.delete_objects")
 
     def createFileAnnfromLocalFile(self, localPath, origFilePathAndName=None, mimetype=None, ns=None, desc=None):
         self.server.calls["Gateway.createFileAnnfromLocalFile"] += 1
@@ -325,6 +328,58 @@ class _Session:
 
     def sharedResources(self):
         return SharedResources(self.conn)
+
+    def submit(self, request, ctx=None):
+        """``ServiceFactory.submit``: a command runs asynchronously; its :class:`Handle` tells when it is done."""
+        self.conn.server.calls["Session.submit"] += 1
+        if not isinstance(request, omero.cmd.Delete2):
+            raise NotImplementedError(f"the double runs Delete2 commands only, not {type(request).__name__}")
+        for graph, ids in (request.targetObjects or {}).items():
+            if not isinstance(graph, str) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise ValueError("Delete2.targetObjects is a map of string to sequence<long>")
+        return Handle(self.conn, request)
+
+
+class Handle:
+    """``omero.cmd.Handle`` of a Delete2: the response is None until ``server.delete_seconds`` have passed
+    since the submit; ``close()`` before that cancels the command (omero-blitz ``HandleI``): nothing is
+    deleted.  One target the user does not own fails the whole command with an ``ERR`` (``Delete2`` is one
+    transaction)."""
+
+    def __init__(self, conn, request) -> None:
+        self.conn, self.server, self.request = conn, conn.server, request
+        self.submitted = time.monotonic()
+        self.response = None
+        self.closed = False
+        self.server.open_handles.add(self)
+
+    def _finish(self):
+        targets = {graph: [int(i) for i in ids] for graph, ids in self.request.targetObjects.items()}
+        for graph, ids in targets.items():
+            for oid in ids:
+                obj = self.server.get(_graph_table(graph), oid)
+                if obj is None or self.server.owner_group(obj)[0] != self.conn.user:
+                    why = "no such object" if obj is None else "owned by another user"
+                    return omero.cmd.ERR(category="ome.services.graphs.GraphException", name="graph-fail",
+                                         parameters={"message": f"{graph}:{oid}: {why}"})
+        for graph, ids in targets.items():
+            for oid in ids:
+                _delete(self.server, _graph_table(graph), oid)
+        self.server.deleted.append(targets)
+        return omero.cmd.OK()
+
+    def getResponse(self):
+        if self.closed:
+            raise omero.ObjectNotExistException()
+        if self.response is None and time.monotonic() - self.submitted >= self.server.delete_seconds:
+            self.response = self._finish()
+        return self.response
+
+    def close(self):
+        if self.response is None:
+            self.server.cancelled.append(self.request.targetObjects)
+        self.closed = True
+        self.server.open_handles.discard(self)
 
 
 class Wrapper:
@@ -524,7 +579,8 @@ class QueryService:
             out = []
             for link in self._visible(links):
                 child = self.server.get("Annotation", link.getChild().getId().getValue())
-                if child.getNs() is not None and child.getNs().getValue() == p["ns"]:
+                if (child.getNs() is not None and child.getNs().getValue() == p["ns"]
+                        and self.server.owner_group(child)[0] == p["uid"]):
                     link.setChild(child)
                     out.append(link)
             return out
@@ -565,7 +621,7 @@ class QueryService:
             pattern = like_regex(p["marker"], escape="!")
             return [[rlong(r.getId().getValue()), rstring(_val(r.getDescription()))]
                     for r in self._visible(self.server.rois_of(p["iid"]))
-                    if pattern.fullmatch(_val(r.getDescription()) or "")]
+                    if pattern.fullmatch(_val(r.getDescription()) or "") and self.server.owner_group(r)[0] == p["uid"]]
         raise NotImplementedError(f"the double does not know the query {query!r}")
 
 

@@ -158,3 +158,69 @@ def test_a_recent_import_without_its_pyramid_says_so(lab):
     server.pyramids_pending.add(server.pixels_of(image))
     with pytest.raises(OmeroError, match="still building this image's pyramid .*; try again later"):
         OmeroSlide(conn, conn.getObject("Image", image))
+
+
+def _roi(conn, image, context, description="x"):
+    from omero.model import ImageI, PolygonI, RoiI
+
+    roi = RoiI()
+    roi.setImage(ImageI(image, False))
+    roi.setDescription(rstring(description))
+    roi.addShape(PolygonI())
+    return conn.getUpdateService().saveAndReturnObject(roi, context).getId().getValue()
+
+
+def test_delete_waits_for_the_server_and_fails_loudly_on_timeout_or_error(lab):
+    """Delete2 is asynchronous; closing its handle before it finished cancels it (omero-blitz HandleI)."""
+    from dlcore.errors import OmeroError
+    from dlcore.omero.deleting import delete_objects
+
+    server, conn, context = lab
+    group = int(context["omero.group"])
+    alice = next(iter(server.members[group]))
+    image = server.add_image([np.zeros((64, 64, 3), np.uint8)], name="s", owner=alice, group=group)
+    first, second = _roi(conn, image, context), _roi(conn, image, context)
+
+    server.delete_seconds = 0.3  # slower than one poll: the caller must wait
+    delete_objects(conn, {"Roi": [first]}, context=context, poll_s=0.02)
+    assert server.deleted == [{"Roi": [first]}] and server.get("Roi", first) is None
+
+    server.delete_seconds = 5.0
+    with pytest.raises(OmeroError, match="did not finish within 0 s, so it was cancelled and nothing was deleted"):
+        delete_objects(conn, {"Roi": [second]}, context=context, timeout_s=0.2, poll_s=0.02)
+    assert server.cancelled == [{"Roi": [second]}] and server.get("Roi", second) is not None
+    assert not server.open_handles
+
+    bob = server.add_user("bob", [group])
+    theirs = _roi(server.connect(bob, group), image, context)
+    server.delete_seconds = 0.0
+    with pytest.raises(OmeroError, match="failed, nothing was deleted: graph-fail .*owned by another user"):
+        delete_objects(conn, {"Roi": [second, theirs]}, context=context)
+    assert server.get("Roi", second) is not None and server.get("Roi", theirs) is not None
+
+    with pytest.raises(NotImplementedError, match="cancels an unfinished Delete2"):
+        conn.deleteObjects("Roi", [second], wait=True)
+
+
+def test_a_rerun_replaces_only_the_callers_own_results(lab, tmp_path):
+    from dlcore.config import Config
+    from dlcore.omero.workflows import run_on_objects
+    from omero_double import demo_levels
+
+    server, alice_conn, context = lab
+    group = int(context["omero.group"])
+    alice = next(iter(server.members[group]))
+    bob = server.add_user("bob", [group])
+    image = server.add_image(demo_levels(tmp_path, 512, 512), name="shared", owner=alice, group=group)
+    bob_conn = server.connect(bob, group)
+    config = Config(roi_cap=20)
+    [first] = run_on_objects(alice_conn, "nuclei-classical", "Image", [image], {}, config=config)
+    assert first.ok, first.message
+    alice_rois = {r.getId().getValue() for r in server.rois_of(image)}
+    [bobs] = run_on_objects(bob_conn, "nuclei-classical", "Image", [image], {}, config=config)
+    assert bobs.ok, bobs.message
+    assert alice_rois <= {r.getId().getValue() for r in server.rois_of(image)}  # alice's results stay
+    [again] = run_on_objects(bob_conn, "nuclei-classical", "Image", [image], {}, config=config)
+    assert again.ok and "NOT deleted" not in again.message
+    owners = {server.owner_group(r)[0] for r in server.rois_of(image)}
+    assert owners == {alice, bob} and len(server.rois_of(image)) == 2 * len(alice_rois)

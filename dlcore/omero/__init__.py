@@ -12,7 +12,7 @@
 - :mod:`~dlcore.omero.scripts`: the helpers the thin scripts in ``omero_scripts/Deep_Learning`` use.
 
 The adapter talks to OMERO through a narrow part of :class:`omero.gateway.BlitzGateway`:
-``getObject``, ``getUpdateService``, ``getQueryService``, ``getPixelsService``, ``deleteObjects``,
+``getObject``, ``getUpdateService``, ``getQueryService``, ``getPixelsService``, ``c.sf.submit`` (Delete2),
 ``createFileAnnfromLocalFile``, ``SERVICE_OPTS``, ``c.sf.createRawPixelsStore`` and
 ``c.sf.sharedResources``; on wrappers ``getId``, ``getName``, ``getPrimaryPixels``, ``getPixelSizeX/Y``,
 ``getChannelLabels``, ``canAnnotate``, ``canLink``, ``getDetails().getGroup()``, ``listParents`` and

@@ -21,10 +21,12 @@ NS_PREFIX = "dlcore/"
 LABEL_IMAGE_KEY = "label image"
 RUN_ID_KEY = "run id"
 
+# Earlier results are looked for among the caller's own objects only: a Delete2 over objects of several
+# owners fails whole, and another user's results of the same model are theirs to replace.
 Q_RUN_LINKS = ("select l from ImageAnnotationLink l join fetch l.child a "
-               "where l.parent.id = :iid and a.ns = :ns")
+               "where l.parent.id = :iid and a.ns = :ns and a.details.owner.id = :uid")
 Q_RUN_ROIS = ("select r.id, r.description from Roi r where r.image.id = :iid "
-              "and r.description like :marker escape '!'")
+              "and r.description like :marker escape '!' and r.details.owner.id = :uid")
 LIKE_ESCAPE = "!"
 
 
@@ -68,14 +70,15 @@ class EarlierRun:
 
 
 def find_earlier_run(conn, image_id: int, run_key: str, *, keep_run_id: str, context: dict) -> EarlierRun:
-    """The results of earlier runs of ``run_key`` on the image, except those of run ``keep_run_id``."""
+    """The caller's results of earlier runs of ``run_key`` on the image, except those of run ``keep_run_id``."""
     from omero.model import MapAnnotationI, TagAnnotationI
 
     from dlcore.omero.rois import ROI_MARKER
 
     query = conn.getQueryService()
     found = EarlierRun()
-    for link in query.findAllByQuery(Q_RUN_LINKS, _params(iid=image_id, ns=namespace(run_key)), context):
+    uid = int(conn.getUserId())
+    for link in query.findAllByQuery(Q_RUN_LINKS, _params(iid=image_id, ns=namespace(run_key), uid=uid), context):
         child = link.getChild()
         if isinstance(child, TagAnnotationI):
             text = child.getTextValue().getValue()
@@ -91,7 +94,7 @@ def find_earlier_run(conn, image_id: int, run_key: str, *, keep_run_id: str, con
                 found.label_image_ids.append(int(label.split(":")[1].split()[0]))
         found.annotation_ids.append(int(child.getId().getValue()))
     marker = ROI_MARKER.format(run_key=run_key)
-    rows = query.projection(Q_RUN_ROIS, _params(iid=image_id, marker=like_prefix(marker)), context)
+    rows = query.projection(Q_RUN_ROIS, _params(iid=image_id, marker=like_prefix(marker), uid=uid), context)
     keep = marker + keep_run_id
     found.roi_ids = [int(row[0].getValue()) for row in rows if row[1].getValue() != keep]
     return found

@@ -30,6 +30,7 @@ from dlcore.io.local_sink import LocalFolderSink
 from dlcore.io.sink import RunContext, RunOutputs
 from dlcore.objects import ObjectRecord
 from dlcore.omero import annotations as ann
+from dlcore.omero.deleting import delete_objects
 from dlcore.omero.label_image import LABEL_DESCRIPTION, create_label_image, dataset_links
 from dlcore.omero.rois import ROI_BATCH, RoiWriter, roi_marker
 from dlcore.omero.tables import TableWriter
@@ -190,21 +191,18 @@ class OmeroSink:
     def _delete_earlier(self, earlier: ann.EarlierRun, *, keep_tags: set[str]) -> str:
         """Delete the earlier run's results; return a note of what was replaced ('' when nothing)."""
         stale_tag_links = [link for tag, link in earlier.tag_links.items() if tag not in keep_tags]
-        targets = [("Roi", earlier.roi_ids), ("Annotation", earlier.annotation_ids),
-                   ("ImageAnnotationLink", stale_tag_links), ("Image", earlier.label_image_ids)]
-        done = []
-        for graph, ids in targets:
-            if not ids:
-                continue
-            try:
-                with in_group(self._conn, self.group_id):
-                    self._conn.deleteObjects(graph, list(ids), wait=True)
-                done.append(f"{len(ids)} {graph}")
-            except Exception as exc:  # the new results are complete; say what is left over
-                log.warning("Image:%s: deleting the earlier %s of %s failed: %s", self.image_id, graph,
-                            self._run.run_key, exc)
-                done.append(f"{len(ids)} {graph} NOT deleted ({exc}); delete them by hand")
-        return ", ".join(done)
+        targets = {"Roi": earlier.roi_ids, "Annotation": earlier.annotation_ids,
+                   "ImageAnnotationLink": stale_tag_links, "Image": earlier.label_image_ids}
+        targets = {graph: list(ids) for graph, ids in targets.items() if ids}
+        if not targets:
+            return ""
+        what = ", ".join(f"{len(ids)} {graph}" for graph, ids in targets.items())
+        try:
+            delete_objects(self._conn, targets, context=self.context)
+        except Exception as exc:  # the new results are complete; say what is left over
+            log.warning("Image:%s: deleting the earlier results of %s failed: %s", self.image_id, self._run.run_key, exc)
+            return f"{what} NOT deleted ({getattr(exc, 'message', '') or exc}); delete them by hand"
+        return what
 
     def abort(self) -> None:
         """Delete everything this run created (nothing, once the results were linked)."""
@@ -217,20 +215,17 @@ class OmeroSink:
             shutil.rmtree(self._scratch, ignore_errors=True)
         if self._committed:
             return
-        failures = []
-        for graph in ("Roi", "Annotation", "OriginalFile", "Image"):
-            ids = [i for i in self._created[graph] if i is not None]
-            if not ids:
-                continue
-            try:
-                with in_group(self._conn, self.group_id):
-                    self._conn.deleteObjects(graph, ids, wait=True)
+        targets = {graph: [i for i in self._created[graph] if i is not None]
+                   for graph in ("Roi", "Annotation", "OriginalFile", "Image")}
+        targets = {graph: ids for graph, ids in targets.items() if ids}
+        try:
+            delete_objects(self._conn, targets, context=self.context)
+            for graph in targets:
                 self._created[graph].clear()
-            except Exception as exc:
-                failures.append(f"{graph} {ids}: {exc}")
-        if failures:  # reported by the workflow next to the run's own error, which must not be hidden
-            self.cleanup_problem = ("cleaning up the partial results failed too; delete these by hand: "
-                                    + "; ".join(failures))
+        except Exception as exc:  # reported by the workflow next to the run's own error, which must not be hidden
+            listed = "; ".join(f"{graph} {ids}" for graph, ids in targets.items())
+            self.cleanup_problem = (f"cleaning up the partial results failed too ({getattr(exc, 'message', '') or exc}); "
+                                    f"delete these by hand: {listed}")
             log.error("Image:%s: %s", self.image_id, self.cleanup_problem)
 
 

@@ -27,6 +27,7 @@ import omero.scripts as scripts
 from omero.rtypes import rstring
 
 from dlcore.errors import OmeroError, ParameterError
+from dlcore.omero.deleting import delete_objects
 from dlcore.omero.scripts import parse_parameters, script_body
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,7 @@ def attach_files(conn, files: list[tuple[Path, str, str]], datasets: list, ns: s
     except Exception as exc:
         for group, ann_id in reversed(created):
             try:
-                with in_group(conn, group):
-                    conn.deleteObjects("Annotation", [ann_id], wait=True)
+                delete_objects(conn, {"Annotation": [ann_id]}, context={"omero.group": str(group)})
             except Exception as cleanup:  # say what is left; the original error is the one to report
                 log.error("could not delete FileAnnotation:%s after a failed upload: %s", ann_id, cleanup)
         raise OmeroError(f"attaching {', '.join(Path(p).name for p, _, _ in files)} failed: "
