@@ -63,6 +63,9 @@ def _counted(service: str):
         @functools.wraps(fn)
         def inner(self, *args, **kwargs):
             self.server.calls[f"{service}.{fn.__name__}"] += 1
+            conn = getattr(self, "conn", None)
+            if conn is not None:
+                conn.check_session()
             return fn(self, *args, **kwargs)
         return inner
     return wrap
@@ -105,6 +108,7 @@ class Server:
         self.channel_ranges: dict[tuple[int, int], tuple[float, float]] = {}  # (pixels id, channel) -> min, max
         self.pyramids_pending: set[int] = set()  # pixels ids whose pyramid the server is still building
         self.delete_seconds = 0.0  # how long a Delete2 takes before its handle has a response
+        self.session_ttl_ms = 0  # time to live of new sessions (a script's: omero.scripts.timeout); 0: none
         self.open_handles: set = set()
         self.deleted: list[dict] = []  # the targets of every Delete2 that completed
         self.cancelled: list[dict] = []  # the targets of every Delete2 closed before it completed
@@ -254,6 +258,24 @@ class Conn:
         self.SERVICE_OPTS = ServiceOptsDict()
         self.SERVICE_OPTS.setOmeroGroup(group)
         self.c = _Client(self)
+        self.session_started_ms = int(time.time() * 1000)
+        self.session_ttl_ms = server.session_ttl_ms  # a script's session: omero.scripts.timeout (0: none)
+
+    def check_session(self) -> None:
+        """A session past its time to live is gone: every call fails (the processor stops the job)."""
+        if self.session_ttl_ms and time.time() * 1000 > self.session_started_ms + self.session_ttl_ms:
+            raise omero.SessionTimeoutException(None, None, "the session's time to live has passed")
+
+    def getSession(self):
+        """``BlitzGateway.getSession``: the omero.model.Session with its start and time to live (ms)."""
+        from omero.model import SessionI
+        from omero.rtypes import rtime
+
+        self.check_session()
+        session = SessionI()
+        session.setStarted(rtime(self.session_started_ms))
+        session.setTimeToLive(rlong(self.session_ttl_ms))
+        return session
 
     def save_group(self, ctx) -> int:
         group = (ctx or {}).get("omero.group") if isinstance(ctx, dict) else None

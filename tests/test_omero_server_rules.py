@@ -224,3 +224,34 @@ def test_a_rerun_replaces_only_the_callers_own_results(lab, tmp_path):
     assert again.ok and "NOT deleted" not in again.message
     owners = {server.owner_group(r)[0] for r in server.rois_of(image)}
     assert owners == {alice, bob} and len(server.rois_of(image)) == 2 * len(alice_rois)
+
+
+def test_images_that_cannot_finish_before_the_session_ends_are_not_started(lab, tmp_path):
+    """A script's session lives omero.scripts.timeout (InteractiveProcessorI); past it every call fails.
+    The run measures its pace on the first image and does not start one it cannot finish."""
+    from dlcore.config import Config
+    from dlcore.omero.workflows import run_on_objects, summary_message
+    from omero_double import demo_levels
+
+    server, _, context = lab
+    group = int(context["omero.group"])
+    alice = next(iter(server.members[group]))
+    dataset = server.add_dataset("d", owner=alice, group=group)
+    small = server.add_image(demo_levels(tmp_path / "a", 512, 512), name="small", owner=alice, group=group,
+                             dataset=dataset)
+    big = server.add_image(demo_levels(tmp_path / "b", 5120, 5120), name="big", owner=alice, group=group,
+                           dataset=dataset)
+    server.session_ttl_ms = 3_600_000
+    conn = server.connect(alice, group)
+    conn.session_started_ms -= 3_600_000 - 62_000  # 62 s left: enough to start, not for 100x the pixels
+    reports = run_on_objects(conn, "nuclei-classical", "Dataset", [dataset], {}, config=Config(roi_cap=10))
+    assert reports[0].ok and reports[0].image_id == small
+    assert reports[1].not_started == 1 and f"Image:{big}" in reports[1].message
+    message = summary_message(reports)
+    assert message.startswith("1 of 2 images analysed, 1 not started (time limit")
+    assert "run the script again on: Image:%d" % big in message and "omero.scripts.timeout" in message
+    assert server.rois_of(big) == []  # nothing was written for it
+
+    conn.session_started_ms -= 62_000  # the session's time is up: the server refuses every call
+    with pytest.raises(omero.SessionTimeoutException):
+        conn.getUpdateService().saveObject(omero.model.TagAnnotationI(), context)

@@ -121,12 +121,19 @@ def _installed_models(config=None) -> list:
 
 
 def model_params(grouping: int) -> list:
-    """``Model`` (a choice among installed models) and ``Model_Parameters``."""
+    """``Model`` (a name, validated by dlcore when the job runs) and ``Model_Parameters``.
+
+    ``Model`` is a free string, not a choice list: OMERO parses a script's parameters once and caches
+    them (``ParamsCache``, refreshed by ``omero.scripts.cache.cron``), and the processor's
+    ``validate_inputs`` refuses a value not in ``values``, so a model trained a minute ago would be
+    refused until the cache refreshed.  The models installed when the parameters were read are listed in
+    the description; an unknown name fails the job with the list of what is installed now.
+    """
     names = available_tasks()
     return [
         scripts.String("Model", optional=False, grouping=f"{grouping}", default=names[0],
-                       values=[rstring(n) for n in names],
-                       description="The model or pipeline to apply (see List_Models for what each does)"),
+                       description="The model or pipeline to apply, by name (List_Models shows every installed "
+                                   "model and what it does). Installed when this menu was read: " + ", ".join(names)),
         scripts.String("Model_Parameters", grouping=f"{grouping + 1}",
                        description="Optional parameters as name=value, separated by commas, e.g. 'sigma=2, min_size=40'"),
     ]

@@ -10,10 +10,12 @@ why, and nothing was written for it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dlcore.errors import DlcoreError, OmeroError, ParameterError
+from dlcore.omero.budget import not_started_message, session_budget
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class ImageReport:
     message: str
     summary: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
+    not_started: int = 0  # for the report that stands for images left out (the session's time limit)
 
     def output_id(self, name: str) -> int | None:
         """The id in an output like ``"Image:12"`` (``name`` = "label image", "overview", ...)."""
@@ -145,13 +148,28 @@ def run_on_objects(
     options = RunOptions(mpp=mpp, detect_tissue=detect_tissue, reader_threads=config.reader_threads,
                          work_dir=config.work_dir)
     cap = config.roi_cap if roi_cap is None else roi_cap
+    budget = session_budget(conn)
     reports = []
     for index, image in enumerate(images, 1):
         label = f"Image:{int(image.getId())}"
+        pixels = _level0_pixels(image)
+        if not budget.fits(pixels):
+            left = [f"Image:{int(i.getId())}" for i in images[index - 1:]]
+            reports.append(ImageReport(image_id=-1, name="", ok=False, not_started=len(left),
+                                       message=not_started_message(budget, left, next_pixels=pixels)))
+            log.warning("%s", reports[-1].message)
+            break
         log.info("[%d/%d] %s %s: %s", index, len(images), label, image.getName(), task.name)
         callback = progress(f"[{index}/{len(images)}] {label} ") if progress else None
+        started = time.monotonic()
         reports.append(run_on_image(conn, image, task, options=options, roi_cap=cap, progress=callback))
+        budget.record(pixels, time.monotonic() - started)
     return reports
+
+
+def _level0_pixels(image) -> int:
+    pixels = image.getPrimaryPixels()
+    return int(pixels.getSizeX()) * int(pixels.getSizeY())
 
 
 def run_on_image(conn, image, task, *, options, roi_cap: int, progress=None) -> ImageReport:
@@ -222,9 +240,14 @@ def _success(label: str, result, datasets: list[int]) -> str:
 
 
 def summary_message(reports: Sequence[ImageReport]) -> str:
-    """The script's Message: one block per image, then a count line first."""
+    """The script's Message: a count line first, then one block per image (and one for images not started)."""
     ok = sum(r.ok for r in reports)
-    head = f"{ok} of {len(reports)} image{'s' if len(reports) != 1 else ''} analysed"
-    if ok < len(reports):
-        head += f", {len(reports) - ok} failed (see below)"
+    skipped = sum(r.not_started for r in reports)
+    total = sum(1 for r in reports if not r.not_started) + skipped
+    failed = total - ok - skipped
+    head = f"{ok} of {total} image{'s' if total != 1 else ''} analysed"
+    if failed:
+        head += f", {failed} failed (see below)"
+    if skipped:
+        head += f", {skipped} not started (time limit, see below)"
     return "\n".join([head, *(r.message for r in reports)])
