@@ -5,17 +5,16 @@ Each rule names the source it follows (omero-blitz Slice files, omero-py, omero-
 from __future__ import annotations
 
 import numpy as np
+import omero
+import omero.clients  # noqa: F401  (defines omero.sys.ParametersI)
 import pytest
+from omero.rtypes import rint, rstring
+from omero.sys import ParametersI
 
-omero = pytest.importorskip("omero", reason="omero-py (and zeroc-ice) are needed for these tests")
-from omero.rtypes import rint, rstring  # noqa: E402
-import omero.clients  # noqa: E402,F401  (loads omero.sys.ParametersI)
-from omero.sys import ParametersI  # noqa: E402
-
-from dlcore.io.labels import LabelCanvas  # noqa: E402
-from dlcore.omero.label_image import Q_PIXELS_TYPE, create_label_image, label_value  # noqa: E402
-from dlcore.omero.tables import TableWriter, column_names, fit_utf8  # noqa: E402
-from omero_double import Server  # noqa: E402
+from dlcore.io.labels import LabelCanvas
+from dlcore.omero.label_image import Q_PIXELS_TYPE, create_label_image, label_value
+from dlcore.omero.tables import TableWriter, column_names, fit_utf8
+from omero_double import Server
 
 
 @pytest.fixture()
