@@ -91,16 +91,27 @@ def check_objects_inside(objects: Sequence[ObjectRecord], slide: SlideInfo) -> N
     the image (level-0 pixels, ``0 <= x <= width``, ``0 <= y <= height``).
 
     Every sink calls it before writing anything of a batch, so no result outside the image is written.
+    The batch is checked at once (numpy); only a violation is looked at object by object.
     """
+    import numpy as np
+
+    if not objects:
+        return
     width, height = slide.width, slide.height
-    for obj in objects:
-        x0, y0, x1, y1 = obj.bbox
-        cx, cy = obj.centroid
-        xs = [p[0] for p in obj.polygon]
-        ys = [p[1] for p in obj.polygon]
-        if not (0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height and 0 <= cx <= width and 0 <= cy <= height
-                and all(0 <= x <= width for x in xs) and all(0 <= y <= height for y in ys)):
-            raise InvariantError(
-                f"object {obj.id} of {slide.name} (bounding box {x0:.1f},{y0:.1f}..{x1:.1f},{y1:.1f}, centroid "
-                f"{cx:.1f},{cy:.1f}) lies outside the {width}x{height} image; nothing was written for it"
-            )
+    boxes = np.array([obj.bbox for obj in objects], dtype=np.float64).reshape(-1, 4)
+    centres = np.array([obj.centroid for obj in objects], dtype=np.float64).reshape(-1, 2)
+    points = [np.asarray(obj.polygon, dtype=np.float64).reshape(-1, 2) for obj in objects]
+    limits = np.array([width, height], dtype=np.float64)
+    ok = ((boxes[:, :2] >= 0).all(axis=1) & (boxes[:, 2:] <= limits).all(axis=1)
+          & (boxes[:, :2] <= boxes[:, 2:]).all(axis=1)
+          & (centres >= 0).all(axis=1) & (centres <= limits).all(axis=1)
+          & np.array([bool(((p >= 0) & (p <= limits)).all()) for p in points]))
+    if ok.all():
+        return
+    obj = objects[int(np.argmin(ok))]
+    x0, y0, x1, y1 = obj.bbox
+    cx, cy = obj.centroid
+    raise InvariantError(
+        f"object {obj.id} of {slide.name} (bounding box {x0:.1f},{y0:.1f}..{x1:.1f},{y1:.1f}, centroid "
+        f"{cx:.1f},{cy:.1f}) lies outside the {width}x{height} image; nothing was written for it"
+    )
