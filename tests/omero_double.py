@@ -1,7 +1,9 @@
 """An in-process OMERO for the tests: real ``omero.model`` objects with OMERO's semantics, no server.
 
 It implements exactly the part of BlitzGateway and the OMERO services that :mod:`dlcore.omero`
-uses (listed in that package's docstring), with the behaviour the adapter must cope with:
+uses (listed in that package's docstring), with the behaviour the adapter must cope with.  IPixels is
+served over real Ice (:mod:`ice_served`: omero-py's proxies, Ice marshalling, a servant on 127.0.0.1);
+the other services are still called in process:
 
 - ids are assigned on save (per table: annotations share one id space, shapes another);
 - every save names its group in the call context; ``-1`` is refused, links across groups are refused,
@@ -258,6 +260,7 @@ class Conn:
         self.SERVICE_OPTS = ServiceOptsDict()
         self.SERVICE_OPTS.setOmeroGroup(group)
         self.c = _Client(self)
+        self._pixels_proxy = None
         self.session_started_ms = int(time.time() * 1000)
         self.session_ttl_ms = server.session_ttl_ms  # a script's session: omero.scripts.timeout (0: none)
 
@@ -309,7 +312,12 @@ class Conn:
         return QueryService(self)
 
     def getPixelsService(self):
-        return PixelsService(self)
+        """IPixels over real Ice (:mod:`ice_served`): what dlcore sends is marshalled as for a server."""
+        if self._pixels_proxy is None:
+            from ice_served import serve
+
+            self._pixels_proxy = serve(omero.api.IPixels, omero.api.IPixelsPrx, PixelsService(self))
+        return self._pixels_proxy
 
     def deleteObjects(self, graph_spec, obj_ids, deleteAnns=False, deleteChildren=False, dryRun=False, wait=False):
         raise NotImplementedError(
@@ -653,11 +661,7 @@ class PixelsService:
 
     @_counted("IPixels")
     def createImage(self, sizeX, sizeY, sizeZ, sizeT, channelList, pixelsType, name, description, ctx=None):
-        # Ice marshals channelList as omero::sys::IntList (sequence<int>) and refuses anything else
-        for index, value in enumerate(channelList):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"invalid value for element {index} of sequence<int>")
-        group = self.conn.save_group(ctx)
+        group = self.conn.save_group(ctx)  # served over real Ice: the argument types were checked by Ice
         dtype = np.dtype(BIG_ENDIAN[pixelsType.getValue().getValue()]).newbyteorder("=")
         levels = [np.zeros((sizeY, sizeX, len(channelList)), dtype)]
         image_id = self.server.add_image(levels, name=name, owner=self.conn.user, group=group, mpp=None,
@@ -668,8 +672,6 @@ class PixelsService:
 
     @_counted("IPixels")
     def setChannelGlobalMinMax(self, pixelsId, channelIndex, minValue, maxValue, ctx=None):
-        if not isinstance(channelIndex, int) or not all(isinstance(v, float) for v in (minValue, maxValue)):
-            raise ValueError("setChannelGlobalMinMax takes (long, int, double, double)")
         self.server.channel_ranges[(int(pixelsId), channelIndex)] = (minValue, maxValue)
 
 

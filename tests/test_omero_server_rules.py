@@ -33,8 +33,13 @@ def _pixels_type(conn, value, context):
 
 def test_create_image_takes_plain_ints_as_channel_list(lab):
     """IPixels.createImage's channelList is omero::sys::IntList (sequence<int>, omero-blitz IPixels.ice):
-    Ice refuses rint before sending anything."""
+    Ice refuses rint before sending anything.  The double serves IPixels over real Ice, so this is Ice's
+    own check, not a copy of it."""
     server, conn, context = lab
+    pixels_service = conn.getPixelsService()
+    assert isinstance(pixels_service, omero.api.IPixelsPrx)  # omero-py's proxy, real Ice marshalling
+    with pytest.raises(ValueError, match="argument 2 in operation `setChannelGlobalMinMax'"):
+        pixels_service.setChannelGlobalMinMax(1, 0.5, 0.0, 1.0, context)  # channelIndex is an int
     pixels_type = _pixels_type(conn, "uint16", context)
     with pytest.raises(ValueError, match="element 0 of sequence<int>"):
         conn.getPixelsService().createImage(64, 64, 1, 1, [rint(0)], pixels_type, "x", "", context)
