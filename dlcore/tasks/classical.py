@@ -13,10 +13,10 @@ Cytoplasm holds haematoxylin too, and in dense epithelium its level is close to 
 slide-wide threshold on the raw signal splits tissue from glass, not nuclei from cytoplasm (whole
 glands come out as "nuclei").  As QuPath's cell detection does, the local background (a grey opening
 of the smoothed signal with a square of ``background_radius_um``, wider than a nucleus) is subtracted
-first: what is thresholded is how much a nucleus stands out from its own surroundings.  Stains and
-threshold are computed once
-per slide from sample windows (:meth:`ClassicalNuclei.prepare`), so every tile uses the same ones and
-tiling does not change the answer.
+first: what is thresholded is how much a nucleus stands out from its own surroundings.
+
+Stains and threshold are computed once per slide from sample windows (:meth:`ClassicalNuclei.prepare`),
+so every tile uses the same ones and tiling does not change the answer.
 
 The watershed's markers are nuclei centres: the maxima of the distance to the background (the seeds'
 choice, good for clumps of round nuclei) or of the smoothed haematoxylin signal (``markers="intensity"``,
@@ -141,8 +141,7 @@ class ClassicalNuclei:
             raise ParameterError(f"min_size={self.min_size} must be >= 0 pixels (seeds' value: 60)")
         if self.stain_vectors not in ("estimate", "reference"):
             raise ParameterError(f"stain_vectors={self.stain_vectors!r} must be 'estimate' or 'reference'")
-        if self.stain_matrix is not None:
-            StainMatrix(vectors=tuple(tuple(float(v) for v in row) for row in self.stain_matrix))  # validates
+        self.stains()  # a given stain_matrix must be three independent vectors
         if self.markers not in MARKERS:
             raise ParameterError(f"markers={self.markers!r} must be one of {MARKERS}")
         if self.max_area_um2 is not None and not self.max_area_um2 > 0:
