@@ -19,6 +19,7 @@ With none, the defaults below apply.  The file is TOML::
 
     [processor]
     gpu_slots_per_gpu = 1               # concurrent deep-learning jobs per GPU
+    queue_length = 4                    # jobs a node takes to wait for a busy GPU (0: decline)
     gpu_nodes = ["gpu1", "gpu2"]        # nodes with GPUs; others then decline DL jobs
     dl_script_folders = ["Deep_Learning"]
 
@@ -52,6 +53,7 @@ class ProcessorConfig:
     """How an OMERO processor node shares its GPUs between deep-learning jobs."""
 
     gpu_slots_per_gpu: int = 1
+    queue_length: int = 4
     gpu_nodes: tuple[str, ...] = ()
     dl_script_folders: tuple[str, ...] = ("Deep_Learning",)
 
@@ -80,6 +82,8 @@ class Config:
             raise ConfigError(f"roi_cap={self.roi_cap}{where} must be 0 (no ROIs) or more")
         if self.processor.gpu_slots_per_gpu < 1:
             raise ConfigError(f"processor.gpu_slots_per_gpu{where} must be at least 1")
+        if self.processor.queue_length < 0:
+            raise ConfigError(f"processor.queue_length{where} must be 0 (no queue) or more")
 
 
 def config_path() -> Path | None:

@@ -1,9 +1,11 @@
 """An in-process OMERO for the tests: real ``omero.model`` objects with OMERO's semantics, no server.
 
 It implements exactly the part of BlitzGateway and the OMERO services that :mod:`dlcore.omero`
-uses (listed in that package's docstring), with the behaviour the adapter must cope with.  IPixels is
-served over real Ice (:mod:`ice_served`: omero-py's proxies, Ice marshalling, a servant on 127.0.0.1);
-the other services are still called in process:
+uses (listed in that package's docstring), with the behaviour the adapter must cope with.  The services
+(IQuery, IUpdate, IPixels, the ServiceFactory with its RawPixelsStores, SharedResources, Tables and
+command Handles) are served over real Ice (:mod:`ice_served`: omero-py's proxies, Ice marshalling, a
+servant on 127.0.0.1), so argument types are Ice's own checks and what comes back is a copy; the
+BlitzGateway wrappers are client-side, as in omero-py:
 
 - ids are assigned on save (per table: annotations share one id space, shapes another);
 - every save names its group in the call context; ``-1`` is refused, links across groups are refused,
@@ -259,8 +261,8 @@ class Conn:
         self.server, self.user, self.group = server, user, group
         self.SERVICE_OPTS = ServiceOptsDict()
         self.SERVICE_OPTS.setOmeroGroup(group)
+        self._proxies: dict = {}
         self.c = _Client(self)
-        self._pixels_proxy = None
         self.session_started_ms = int(time.time() * 1000)
         self.session_ttl_ms = server.session_ttl_ms  # a script's session: omero.scripts.timeout (0: none)
 
@@ -305,19 +307,22 @@ class Conn:
     def getUserId(self) -> int:
         return self.user
 
-    def getUpdateService(self):
-        return UpdateService(self)
-
-    def getQueryService(self):
-        return QueryService(self)
-
-    def getPixelsService(self):
-        """IPixels over real Ice (:mod:`ice_served`): what dlcore sends is marshalled as for a server."""
-        if self._pixels_proxy is None:
+    def _served(self, name: str, interface, proxy_class, backend_class):
+        """One proxy per service and connection, as BlitzGateway keeps them."""
+        if name not in self._proxies:
             from ice_served import serve
 
-            self._pixels_proxy = serve(omero.api.IPixels, omero.api.IPixelsPrx, PixelsService(self))
-        return self._pixels_proxy
+            self._proxies[name] = serve(interface, proxy_class, backend_class(self))
+        return self._proxies[name]
+
+    def getUpdateService(self):
+        return self._served("IUpdate", omero.api.IUpdate, omero.api.IUpdatePrx, UpdateService)
+
+    def getQueryService(self):
+        return self._served("IQuery", omero.api.IQuery, omero.api.IQueryPrx, QueryService)
+
+    def getPixelsService(self):
+        return self._served("IPixels", omero.api.IPixels, omero.api.IPixelsPrx, PixelsService)
 
     def deleteObjects(self, graph_spec, obj_ids, deleteAnns=False, deleteChildren=False, dryRun=False, wait=False):
         raise NotImplementedError(
@@ -344,30 +349,42 @@ class Conn:
 
 
 class _Client:
+    """``omero.client``: its ``sf`` is the session's ServiceFactory, served over real Ice."""
+
     def __init__(self, conn: Conn) -> None:
-        self.sf = _Session(conn)
+        self.sf = conn._served("ServiceFactory", omero.api.ServiceFactory, omero.api.ServiceFactoryPrx, _Session)
 
 
 class _Session:
+    """The ServiceFactory operations dlcore calls; each hands out a new stateful service over real Ice."""
+
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
-    def createRawPixelsStore(self):
-        self.conn.server.calls["Session.createRawPixelsStore"] += 1
-        return RawPixelsStore(self.conn)
+    def createRawPixelsStore(self, ctx=None):
+        from ice_served import serve
 
-    def sharedResources(self):
-        return SharedResources(self.conn)
+        self.conn.server.calls["Session.createRawPixelsStore"] += 1
+        self.conn.check_session()
+        return serve(omero.api.RawPixelsStore, omero.api.RawPixelsStorePrx, RawPixelsStore(self.conn))
+
+    def sharedResources(self, ctx=None):
+        from ice_served import serve
+
+        self.conn.check_session()
+        return serve(omero.grid.SharedResources, omero.grid.SharedResourcesPrx, SharedResources(self.conn))
 
     def submit(self, request, ctx=None):
-        """``ServiceFactory.submit``: a command runs asynchronously; its :class:`Handle` tells when it is done."""
+        """``ServiceFactory.submit``: a command runs asynchronously; its :class:`Handle` tells when it is done.
+        (Ice has checked the request's types: ``targetObjects`` is a map of string to sequence<long>.)"""
+        from ice_served import serve
+
         self.conn.server.calls["Session.submit"] += 1
+        self.conn.check_session()
         if not isinstance(request, omero.cmd.Delete2):
-            raise NotImplementedError(f"the double runs Delete2 commands only, not {type(request).__name__}")
-        for graph, ids in (request.targetObjects or {}).items():
-            if not isinstance(graph, str) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-                raise ValueError("Delete2.targetObjects is a map of string to sequence<long>")
-        return Handle(self.conn, request)
+            raise omero.ApiUsageException(None, None, f"the double runs Delete2 commands only, not "
+                                          f"{type(request).__name__}")
+        return serve(omero.cmd.Handle, omero.cmd.HandlePrx, Handle(self.conn, request))
 
 
 class Handle:
@@ -707,7 +724,7 @@ class RawPixelsStore:
         if pixels is None or not self.server.can_see(self.conn.user, pixels):
             raise omero.SecurityViolation(None, None, f"Pixels:{pixels_id} is not readable")
         if int(pixels_id) in self.server.pyramids_pending:  # a big import whose pyramid is being built
-            raise omero.MissingPyramidException(None, None, "Pixels pyramid is being generated", None, int(pixels_id))
+            raise omero.MissingPyramidException(None, None, "Pixels pyramid is being generated", 5000, int(pixels_id))
         pixels_type = pixels.getPixelsType().getValue().getValue()
         height, width = self.server.pixels[int(pixels_id)][0].shape[:2]
         if width * height > MAX_PLANE_PIXELS and pixels_type not in PYRAMID_TYPES:
@@ -783,12 +800,14 @@ class SharedResources:
 
     @_counted("SharedResources")
     def newTable(self, repo_id, name, ctx=None):
+        from ice_served import serve
+
         group = self.conn.save_group(ctx)
         ofile = OriginalFileI()
         ofile.setName(rstring(name))
         ofile.setMimetype(rstring("OMERO.tables"))
         self.server.store(ofile, owner=self.conn.user, group=group)
-        return Table(self.server, ofile)
+        return serve(omero.grid.Table, omero.grid.TablePrx, Table(self.server, ofile))
 
 
 class Table:

@@ -114,13 +114,14 @@ def test_rerun_replaces_its_own_results_and_leaves_everything_else(omero):
     user_note.setNs(rstring("openmicroscopy.org/omero/client/mapAnnotation"))
     other_model = MapAnnotationI()
     other_model.setNs(rstring(ann.namespace("other-model")))
-    conn.getUpdateService().saveAndReturnArray([ann.image_link(image, user_note), ann.image_link(image, other_model)],
-                                               {"omero.group": str(ids["group"])})
+    saved = conn.getUpdateService().saveAndReturnArray([ann.image_link(image, user_note), ann.image_link(image, other_model)],
+                                                       {"omero.group": str(ids["group"])})
+    user_note, other_model = (link.getChild() for link in saved)  # the server's copies carry the ids
     from omero.model import ImageI, PolygonI, RoiI
     hand_drawn = RoiI()
     hand_drawn.setImage(ImageI(image, False))
     hand_drawn.addShape(PolygonI())
-    conn.getUpdateService().saveAndReturnObject(hand_drawn, {"omero.group": str(ids["group"])})
+    hand_drawn = conn.getUpdateService().saveAndReturnObject(hand_drawn, {"omero.group": str(ids["group"])})
 
     first = _run(conn, "Image", [image])[0]
     counts = (len(server.rois_of(image)), len(server.annotations_of(image)), len(server.images_in(ids["dataset"])))

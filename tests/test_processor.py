@@ -21,7 +21,7 @@ import pytest
 from dlcore.config import ProcessorConfig
 from dlcore.errors import ParameterError
 from dlcore.gpus import detect_gpus
-from dlcore.processor.policy import DlJobPolicy, GpuSlots, is_dl_script
+from dlcore.processor.policy import RESERVATION_TTL_S, DlJobPolicy, GpuSlots, is_dl_script
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,8 +107,50 @@ def test_start_without_reservation_and_bad_slots_are_errors():
     assert slots.in_use() == 0
 
 
+def test_queue_serves_claimed_jobs_in_order_and_unclaimed_places_expire():
+    clock = FakeClock()
+    slots = GpuSlots(("0",), 1, queue_length=2, clock=clock)
+    assert slots.reserve(1) == "0"
+    slots.start(1, lambda: not finished.is_set())
+    finished = threading.Event()
+    assert slots.reserve(2) is None
+    assert (slots.enqueue(2), slots.enqueue(3), slots.enqueue(4)) == (1, 2, None)  # the queue holds 2
+    assert slots.enqueue(5, claimed=True) == 3  # a job that is here is queued even when the queue is full
+    assert slots.unclaimed() == [2, 3]
+    clock.now += RESERVATION_TTL_S + 1
+    assert slots.queued() == [5]  # unclaimed places expired (another node took jobs 2 and 3)
+
+    slots.enqueue(6, claimed=True)
+    got, cancelled = {}, threading.Event()
+    waiters = [threading.Thread(target=lambda j=j: got.setdefault(j, slots.wait_for_slot(j, cancelled, poll_s=0.01)))
+               for j in (6, 5)]
+    for w in waiters:
+        w.start()
+    time.sleep(0.1)
+    assert got == {} and slots.reserve(7) is None  # a new job does not jump the queue
+    finished.set()  # job 1 ends: 5 (queued first) gets the slot, 6 waits for 5
+    waiters[1].join(5)
+    assert got == {5: "0"} and waiters[0].is_alive()
+    slots.start(5, lambda: False)  # ... and ends at once
+    waiters[0].join(5)
+    assert got == {5: "0", 6: "0"}
+
+
+def test_cancelled_wait_leaves_the_queue():
+    slots = GpuSlots(("0",), 1, queue_length=1)
+    slots.reserve(1)
+    slots.start(1, lambda: True)
+    slots.enqueue(2, claimed=True)
+    cancelled = threading.Event()
+    cancelled.set()
+    assert slots.wait_for_slot(2, cancelled) is None
+    assert slots.queued() == []
+    with pytest.raises(ParameterError, match="queue_length=-1"):
+        GpuSlots(("0",), 1, queue_length=-1)
+
+
 def test_policy_decisions():
-    folders = ProcessorConfig(gpu_slots_per_gpu=1, gpu_nodes=("gpu1", "gpu2"))
+    folders = ProcessorConfig(gpu_slots_per_gpu=1, queue_length=1, gpu_nodes=("gpu1", "gpu2"))
     gpu_node = DlJobPolicy(folders, ("0",))
     cpu_node = DlJobPolicy(folders, ())
     lone_cpu = DlJobPolicy(ProcessorConfig(), ())
@@ -118,8 +160,10 @@ def test_policy_decisions():
     assert other.accept and other.gpu is None
     run = gpu_node.decide(job_id=2, script_path="/Deep_Learning/Seg.py", is_parse=False)
     assert run.accept and run.gpu == "0"
-    busy = gpu_node.decide(job_id=3, script_path="/Deep_Learning/Seg.py", is_parse=False)
-    assert not busy.accept and "1 GPU slot(s) busy" in busy.reason
+    queued = gpu_node.decide(job_id=3, script_path="/Deep_Learning/Seg.py", is_parse=False)
+    assert queued.accept and queued.queued and queued.gpu is None and "queued at position 1" in queued.reason
+    busy = gpu_node.decide(job_id=10, script_path="/Deep_Learning/Seg.py", is_parse=False)
+    assert not busy.accept and "1 GPU slot(s) busy and the queue of 1 is full" in busy.reason
     parse = gpu_node.decide(job_id=4, script_path="/Deep_Learning/Seg.py", is_parse=True)
     assert parse.accept and parse.gpu is None  # parsing takes no slot, even when all are busy
 
@@ -174,18 +218,28 @@ class _Remote:
 
 
 class FakeJobHandle(_Remote):
-    def __init__(self, communicator, log) -> None:
+    """JobHandle: the job's status lives in ``statuses``, which several nodes' sessions share (one server)."""
+
+    def __init__(self, communicator, log, statuses) -> None:
         super().__init__(communicator)
-        self.log = log
+        self.log, self.statuses = log, statuses
+        self.job_id = None
 
     def attach(self, job_id, ctx=None):
         self.log.append(("attach", job_id, ctx.get("omero.group")))
+        self.job_id = job_id
 
     def jobFinished(self, ctx=None):
-        return False
+        return self.statuses.get(self.job_id) in ("Finished", "Error", "Cancelled")
+
+    def getStatus(self, ctx=None):
+        return self.statuses.get(self.job_id, "Submitted")
 
     def setStatus(self, status, ctx=None):
         self.log.append(("status", status))
+        old = self.getStatus()
+        self.statuses[self.job_id] = status
+        return old
 
     def close(self, ctx=None):
         self.log.append(("close",))
@@ -221,14 +275,15 @@ class FakeSessionService(_Remote):
 class FakeServiceFactory(_Remote):
     """The processor's internal session (``use_session``)."""
 
-    def __init__(self, communicator) -> None:
+    def __init__(self, communicator, statuses: dict | None = None, scripts: FakeScriptService | None = None) -> None:
         super().__init__(communicator)
         self.log: list = []
-        self.scripts = FakeScriptService(communicator)
+        self.statuses = {} if statuses is None else statuses
+        self.scripts = scripts or FakeScriptService(communicator)
         self.sessions = FakeSessionService(communicator)
 
     def createJobHandle(self, ctx=None):
-        return FakeJobHandle(self._communicator, self.log)
+        return FakeJobHandle(self._communicator, self.log, self.statuses)
 
     def getScriptService(self, ctx=None):
         return self.scripts
@@ -294,11 +349,12 @@ def make_processor(ice, tmp_path):
     communicator, adapter = ice
     made = []
 
-    def make(gpu_ids, *, slots=1, gpu_nodes=()):
-        sf = FakeServiceFactory(communicator)
+    def make(gpu_ids, *, slots=1, gpu_nodes=(), queue_length=0, statuses=None, scripts=None, clock=time.monotonic):
+        sf = FakeServiceFactory(communicator, statuses, scripts)
         (tmp_path / "lib" / "server").mkdir(parents=True, exist_ok=True)
-        ctx = omero.util.ServerContext("Processor-0", communicator, threading.Event())
-        policy = DlJobPolicy(ProcessorConfig(gpu_slots_per_gpu=slots, gpu_nodes=tuple(gpu_nodes)), gpu_ids)
+        ctx = omero.util.ServerContext(f"Processor-{len(made)}", communicator, threading.Event())
+        config = ProcessorConfig(gpu_slots_per_gpu=slots, gpu_nodes=tuple(gpu_nodes), queue_length=queue_length)
+        policy = DlJobPolicy(config, gpu_ids, clock=clock)
         processor = DlcoreProcessorI(ctx, use_session=sf, omero_home=omero_path(str(tmp_path)), policy=policy)
         answers = Answers()
         callback = omero.grid.ProcessorCallbackPrx.uncheckedCast(adapter.addWithUUID(answers))
@@ -468,3 +524,125 @@ def test_hook_falls_back_to_omero_class_when_dlcore_fails(monkeypatch, caplog):
     assert hook.patch(module) is False
     assert module.ProcessorI is omero.processor.ProcessorI
     assert "OMERO's ProcessorI serves unchanged" in caplog.text
+
+
+def _server_acquires(processors, job, user=None, group=None):
+    """What OMERO.server's ``SharedResourcesI.acquireProcessor`` does: ask every processor, give the job
+    to the first that answers yes; None when none does (the user then gets NoProcessorAvailable)."""
+    for processor, _sf, callback, _answers in processors:
+        if processor.willAccept(user, group, job, callback):
+            return processor
+    return None
+
+
+def _run_script(job_id: int, flag: Path, seen: Path) -> str:
+    return textwrap.dedent(
+        f"""
+        import os, pathlib, time
+        pathlib.Path({str(seen)!r}).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
+        deadline = time.time() + 30
+        while not os.path.exists({str(flag)!r}) and time.time() < deadline:
+            time.sleep(0.05)
+        """
+    )
+
+
+def _wait_for_file(path: Path, timeout: float = 10.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and path.read_text():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_several_nodes_release_reservations_of_jobs_that_ran_elsewhere(make_processor, ice, tmp_path):
+    """Two GPU nodes answer every job (one server, shared job statuses): the node that lost a job frees its
+    slot as soon as it sees the job running elsewhere, not after the 60 s reservation."""
+    _, adapter = ice
+    statuses, scripts = {}, None
+    gpu1 = make_processor(("0",), slots=1, statuses=statuses)
+    scripts = gpu1[1].scripts  # one script repository
+    gpu2 = make_processor(("0",), slots=1, statuses=statuses, scripts=scripts)
+    flag, seen = tmp_path / "release", tmp_path / "seen.txt"
+    for job_id in (1, 2):
+        scripts.add_script(job_id, 101, "/Deep_Learning/", "Segment_Nuclei.py", _run_script(job_id, flag, seen))
+
+    # both nodes are asked about job 1 (every processor hears willAccept); both reserve; node 1 runs it
+    assert gpu1[0].willAccept(None, None, _script_job(1), gpu1[2]) is True
+    assert gpu2[0].willAccept(None, None, _script_job(1), gpu2[2]) is True
+    assert gpu2[0].policy.slots.in_use() == 1  # reserved for a job it will not get
+    _prx, process = _process_job(gpu1[0], adapter, 1)
+    assert statuses[1] == "Running"
+
+    # job 2: node 1 is busy, node 2 sees job 1 running elsewhere, frees the slot and takes job 2
+    assert _server_acquires([gpu1, gpu2], _script_job(2)) is gpu2[0]
+    assert gpu2[0].policy.slots.reserved_gpu(1) is None and gpu2[0].policy.slots.reserved_gpu(2) == "0"
+    flag.touch()
+    assert process.wait() == 0
+
+
+def test_busy_node_queues_the_job_and_starts_it_when_a_slot_frees(make_processor, ice, tmp_path):
+    _, adapter = ice
+    processor, sf, callback, answers = make_processor(("5",), slots=1, queue_length=1)
+    first_done, second_done = tmp_path / "first", tmp_path / "second"
+    seen1, seen2 = tmp_path / "seen1", tmp_path / "seen2"
+    sf.scripts.add_script(1, 101, "/Deep_Learning/", "Run_Model.py", _run_script(1, first_done, seen1))
+    sf.scripts.add_script(2, 102, "/Deep_Learning/", "Run_Model.py", _run_script(2, second_done, seen2))
+    sf.scripts.add_script(3, 101, "/Deep_Learning/", "Run_Model.py", _run_script(1, first_done, seen1))
+
+    assert processor.willAccept(None, None, _script_job(1), callback) is True
+    _prx1, first = _process_job(processor, adapter, 1)
+    assert _wait_for_file(seen1)
+    assert processor.willAccept(None, None, _script_job(2), callback) is True  # queued, not refused
+    assert processor.willAccept(None, None, _script_job(3), callback) is False  # the queue of 1 is full
+    _prx2, second = _process_job(processor, adapter, 2)  # returns at once; the script waits
+    time.sleep(0.5)
+    assert not seen2.exists() and second.poll() is None
+    assert processor.policy.slots.queued() == [2]
+
+    first_done.touch()
+    assert first.wait() == 0
+    assert _wait_for_file(seen2)
+    assert seen2.read_text() == "5"  # it got the GPU the first job freed
+    second_done.touch()
+    assert second.wait() == 0
+    assert sf.statuses[2] == "Running" or sf.statuses[2] in ("Finished", "Error")
+    assert processor.policy.slots.in_use() == 0
+
+
+def test_cancelling_a_queued_job_ends_it_without_running_the_script(make_processor, ice, tmp_path):
+    _, adapter = ice
+    processor, sf, callback, _answers = make_processor(("0",), slots=1, queue_length=2)
+    done, seen1, seen2 = tmp_path / "done", tmp_path / "seen1", tmp_path / "seen2"
+    sf.scripts.add_script(1, 101, "/Deep_Learning/", "Run_Model.py", _run_script(1, done, seen1))
+    sf.scripts.add_script(2, 102, "/Deep_Learning/", "Run_Model.py", _run_script(2, done, seen2))
+    processor.willAccept(None, None, _script_job(1), callback)
+    _prx, first = _process_job(processor, adapter, 1)
+    assert processor.willAccept(None, None, _script_job(2), callback) is True
+    _prx, queued = _process_job(processor, adapter, 2)
+    queued.cancel()
+    assert queued.wait() is not None
+    assert not seen2.exists()  # the script never ran
+    assert queued.final_status == "Cancelled"
+    assert processor.policy.slots.queued() == [] and processor.policy.slots.in_use() == 1
+    done.touch()
+    assert first.wait() == 0
+
+
+def test_a_job_whose_reservation_lapsed_still_runs_on_a_gpu(make_processor, ice, tmp_path):
+    """OMERO parsed the script first (a ParseJob, slow when it imports torch): processJob came after the
+    reservation expired.  The job must still get a GPU slot, not run beside the others without one."""
+    _, adapter = ice
+    clock = FakeClock()
+    processor, sf, callback, _answers = make_processor(("2",), slots=1, clock=clock)
+    done, seen = tmp_path / "done", tmp_path / "seen"
+    sf.scripts.add_script(1, 101, "/Deep_Learning/", "Run_Model.py", _run_script(1, done, seen))
+    assert processor.willAccept(None, None, _script_job(1), callback) is True
+    clock.now += RESERVATION_TTL_S + 1
+    assert processor.policy.slots.in_use() == 0  # lapsed
+    _prx, process = _process_job(processor, adapter, 1)
+    assert _wait_for_file(seen) and seen.read_text() == "2"
+    assert processor.policy.slots.in_use() == 1
+    done.touch()
+    assert process.wait() == 0

@@ -15,9 +15,12 @@ The rules, for a deep-learning script:
 
 * node with GPUs, parse job (a ``ParseJob``: OMERO reading the parameters, which it then caches):
   accept; it needs no GPU;
-* node with GPUs, run job: accept only while a GPU slot is free (``gpus x gpu_slots_per_gpu``);
-  the slot is reserved at ``willAccept`` (another processor may win the job, so an unused
-  reservation expires), held while the script's process lives, and freed when it exits;
+* node with GPUs, run job: accept while a GPU slot is free (``gpus x gpu_slots_per_gpu``); the
+  slot is reserved at ``willAccept`` (another processor may win the job, so an unused reservation
+  is released once the job runs elsewhere, or expires), held while the script's process lives, and
+  freed when it exits.  When every slot is busy, accept while this node's queue
+  (``queue_length``) has room: the job then waits on the node for a slot, in order; decline only
+  when the queue is full too (OMERO then tells the user "No processor available");
 * node without GPU: decline when ``[processor] gpu_nodes`` names GPU nodes (they take the job);
   accept when none is configured (a single-machine install runs on the CPU).
 
@@ -75,11 +78,14 @@ class Verdict:
         Why, in words for the processor's log.
     gpu : str or None
         The GPU id reserved for the job (run jobs of deep-learning scripts on GPU nodes only).
+    queued : bool
+        True when the job was accepted to wait in this node's queue for a slot.
     """
 
     accept: bool
     reason: str
     gpu: str | None = None
+    queued: bool = False
 
 
 @dataclass
@@ -89,8 +95,20 @@ class _Slot:
     alive: Callable[[], bool] | None = None
 
 
+@dataclass
+class _Queued:
+    deadline: float | None  # expiry of a place taken at willAccept; None once the job is here (claimed)
+
+
 class GpuSlots:
-    """Thread-safe count of deep-learning jobs per GPU on one node.
+    """Thread-safe count of deep-learning jobs per GPU on one node, with a queue for busy times.
+
+    A job holds a *slot* (reserved at ``willAccept``, running once its process starts) or a *place in
+    the queue*.  A place taken at ``willAccept`` is *unclaimed* until the job arrives here
+    (:meth:`claim`); an unclaimed reservation or place expires after ``reservation_ttl`` (another
+    processor may have won the job) unless released earlier (:meth:`release`, once the processor has
+    seen the job running elsewhere).  Claimed jobs get free slots in the order they were queued, and a
+    new job does not take a slot while a claimed job waits.
 
     Parameters
     ----------
@@ -98,8 +116,10 @@ class GpuSlots:
         The node's GPU ids (as ``CUDA_VISIBLE_DEVICES`` takes them).
     slots_per_gpu : int
         Concurrent deep-learning jobs each GPU takes.
+    queue_length : int, optional
+        Jobs this node accepts to wait for a slot when all are busy (0: none; busy means decline).
     reservation_ttl : float, optional
-        Seconds an accepted but not yet started job keeps its slot.
+        Seconds an accepted but not yet started job keeps its slot or place.
     clock : callable, optional
         Monotonic clock in seconds (injectable for tests).
     """
@@ -109,17 +129,23 @@ class GpuSlots:
         gpu_ids: Iterable[str],
         slots_per_gpu: int,
         *,
+        queue_length: int = 0,
         reservation_ttl: float = RESERVATION_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.gpu_ids = tuple(gpu_ids)
         if slots_per_gpu < 1:
             raise ParameterError(f"slots_per_gpu={slots_per_gpu} must be at least 1")
+        if queue_length < 0:
+            raise ParameterError(f"queue_length={queue_length} must be 0 or more")
         self.slots_per_gpu = slots_per_gpu
+        self.queue_length = queue_length
         self.reservation_ttl = reservation_ttl
         self._clock = clock
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._jobs: dict[int, _Slot] = {}
+        self._queue: dict[int, _Queued] = {}  # insertion order is queue order
 
     @property
     def capacity(self) -> int:
@@ -135,12 +161,24 @@ class GpuSlots:
             elif slot.alive is not None and not slot.alive():
                 logger.info("job %s: finished, GPU %s slot freed", job_id, slot.gpu)
                 del self._jobs[job_id]
+        for job_id, place in list(self._queue.items()):
+            if place.deadline is not None and now >= place.deadline:
+                logger.info("job %s: queue place expired (another processor ran it)", job_id)
+                del self._queue[job_id]
 
     def _load(self) -> dict[str, int]:
         load = dict.fromkeys(self.gpu_ids, 0)
         for slot in self._jobs.values():
             load[slot.gpu] = load.get(slot.gpu, 0) + 1
         return load
+
+    def _free_gpu(self) -> str | None:
+        load = self._load()
+        free = [gpu for gpu in self.gpu_ids if load[gpu] < self.slots_per_gpu]
+        return min(free, key=lambda g: (load[g], self.gpu_ids.index(g))) if free else None
+
+    def _claimed_waiting(self) -> list[int]:
+        return [job_id for job_id, place in self._queue.items() if place.deadline is None]
 
     def usage(self) -> dict[str, int]:
         """Jobs reserved or running per GPU id."""
@@ -152,8 +190,15 @@ class GpuSlots:
         """Slots reserved or running on the node."""
         return sum(self.usage().values())
 
+    def queued(self) -> list[int]:
+        """Job ids waiting for a slot, in queue order."""
+        with self._lock:
+            self._prune()
+            return list(self._queue)
+
     def reserve(self, job_id: int) -> str | None:
-        """Reserve a slot for a job; the least loaded GPU, or None when every slot is taken.
+        """Reserve a slot for a job; the least loaded GPU, or None when every slot is taken or a claimed
+        job is waiting for one.
 
         Reserving again for a job that holds a slot returns the same GPU.
         """
@@ -162,13 +207,69 @@ class GpuSlots:
             held = self._jobs.get(job_id)
             if held is not None:
                 return held.gpu
-            load = self._load()
-            free = [gpu for gpu in self.gpu_ids if load[gpu] < self.slots_per_gpu]
-            if not free:
+            gpu = self._free_gpu()
+            if gpu is None or self._claimed_waiting():
                 return None
-            gpu = min(free, key=lambda g: (load[g], self.gpu_ids.index(g)))
+            self._queue.pop(job_id, None)
             self._jobs[job_id] = _Slot(gpu, self._clock() + self.reservation_ttl)
             return gpu
+
+    def enqueue(self, job_id: int, *, claimed: bool = False) -> int | None:
+        """Give a job a place in the queue; its position (1 = next), or None when the queue is full.
+
+        ``claimed=True`` is for a job that has arrived here: it is queued even when the queue is full
+        (the node has the job and must run it) and its place does not expire.
+        """
+        with self._lock:
+            self._prune()
+            if job_id not in self._queue:
+                if not claimed and len(self._queue) >= self.queue_length:
+                    return None
+                self._queue[job_id] = _Queued(None if claimed else self._clock() + self.reservation_ttl)
+            elif claimed:
+                self._queue[job_id].deadline = None
+            return list(self._queue).index(job_id) + 1
+
+    def unclaimed(self) -> list[int]:
+        """Jobs holding a reservation or a place that have not arrived here (another node may run them)."""
+        with self._lock:
+            self._prune()
+            reserved = [job_id for job_id, slot in self._jobs.items() if slot.deadline is not None]
+            return reserved + [job_id for job_id, place in self._queue.items() if place.deadline is not None]
+
+    def wait_for_slot(
+        self,
+        job_id: int,
+        cancelled: threading.Event,
+        *,
+        sweep: Callable[[], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> str | None:
+        """Block until queued job ``job_id`` (claimed) gets a slot; the GPU reserved for it.
+
+        Claimed jobs are served in queue order.  Returns None when ``cancelled`` is set or the job has
+        left the queue.  ``sweep`` (called between polls, outside the lock) lets the processor release
+        reservations of jobs that went to other nodes.
+        """
+        while not cancelled.is_set():
+            with self._lock:
+                self._prune()
+                if job_id not in self._queue:
+                    return None
+                waiting = self._claimed_waiting()
+                gpu = self._free_gpu()
+                if gpu is not None and waiting and waiting[0] == job_id:
+                    del self._queue[job_id]
+                    self._jobs[job_id] = _Slot(gpu, self._clock() + self.reservation_ttl)
+                    self._changed.notify_all()
+                    return gpu
+                self._changed.wait(poll_s)
+            if sweep is not None:
+                sweep()
+        with self._lock:
+            self._queue.pop(job_id, None)
+            self._changed.notify_all()
+        return None
 
     def reserved_gpu(self, job_id: int) -> str | None:
         """The GPU reserved for (or running) a job, None when it holds no slot."""
@@ -187,9 +288,11 @@ class GpuSlots:
             slot.alive = alive
 
     def release(self, job_id: int) -> None:
-        """Free a job's slot now (e.g. its start failed)."""
+        """Free a job's slot or queue place now (its start failed, or it runs on another node)."""
         with self._lock:
             self._jobs.pop(job_id, None)
+            self._queue.pop(job_id, None)
+            self._changed.notify_all()
 
 
 class DlJobPolicy:
@@ -218,13 +321,14 @@ class DlJobPolicy:
     ) -> None:
         self.config = config
         self.config_error = config_error
-        self.slots = GpuSlots(gpu_ids, config.gpu_slots_per_gpu, clock=clock)
+        self.slots = GpuSlots(gpu_ids, config.gpu_slots_per_gpu, queue_length=config.queue_length, clock=clock)
 
     def describe(self) -> str:
         """One line for the processor log: folders, GPUs and slots."""
         return (
             f"deep-learning folders {list(self.config.dl_script_folders)}, GPUs {list(self.slots.gpu_ids)}, "
-            f"{self.slots.capacity} slot(s), GPU nodes configured: {list(self.config.gpu_nodes) or 'none'}"
+            f"{self.slots.capacity} slot(s), queue of {self.slots.queue_length}, "
+            f"GPU nodes configured: {list(self.config.gpu_nodes) or 'none'}"
         )
 
     def decide(self, *, job_id: int, script_path: str, is_parse: bool) -> Verdict:
@@ -254,6 +358,11 @@ class DlJobPolicy:
         if is_parse:
             return Verdict(True, "parse job; needs no GPU slot")
         gpu = self.slots.reserve(job_id)
-        if gpu is None:
-            return Verdict(False, f"all {self.slots.capacity} GPU slot(s) busy")
-        return Verdict(True, f"GPU {gpu} slot reserved", gpu=gpu)
+        if gpu is not None:
+            return Verdict(True, f"GPU {gpu} slot reserved", gpu=gpu)
+        position = self.slots.enqueue(job_id)
+        if position is None:
+            return Verdict(False, f"all {self.slots.capacity} GPU slot(s) busy and the queue of "
+                                  f"{self.slots.queue_length} is full")
+        return Verdict(True, f"all {self.slots.capacity} GPU slot(s) busy; queued at position {position}",
+                       queued=True)

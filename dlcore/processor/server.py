@@ -8,7 +8,13 @@ This module imports ``omero`` and is only loaded on processor nodes (by
   asks the policy, and answers the server's callback;
 * ``process`` starts a deep-learning run on the GPU reserved for it: the script's process gets
   ``CUDA_VISIBLE_DEVICES`` set to that GPU (OMERO's environment whitelist would otherwise drop
-  it), and the slot stays taken while the process lives.
+  it), and the slot stays taken while the process lives.  A job that arrives without a slot (it
+  was queued at ``willAccept``, or its reservation lapsed while OMERO parsed the script) never
+  runs without one: its process waits on the node for a slot, in queue order, and starts then;
+  cancelling it while it waits ends it at once;
+* reservations and queue places of jobs another processor won are released as soon as the job is
+  seen running elsewhere (its status, read through the processor's internal session), instead of
+  holding a slot until the reservation expires.
 """
 from __future__ import annotations
 
@@ -16,15 +22,16 @@ import logging
 import threading
 
 import omero
+import omero.constants
 import omero.grid
 import omero.model
-from omero.processor import ProcessorI
+from omero.processor import ProcessorI, WithGroup
 from omero.util.decorators import remoted
 
 from dlcore.config import ProcessorConfig, load_config
 from dlcore.errors import DlcoreError
 from dlcore.gpus import detect_gpus
-from dlcore.processor.policy import DlJobPolicy
+from dlcore.processor.policy import DlJobPolicy, GpuSlots, is_dl_script
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,75 @@ def _with_gpu(process_class: type, gpu: str) -> type:
 
     GpuProcess.__name__ = f"{process_class.__name__}OnGpu{gpu}"
     return GpuProcess
+
+
+#: job statuses that mean a processor has taken the job (OMERO's omero.constants.jobs)
+TAKEN_STATUSES = frozenset({
+    omero.constants.jobs.RUNNING, omero.constants.jobs.FINISHED, omero.constants.jobs.ERRORX,
+    omero.constants.jobs.CANCELLED,
+})
+
+CANCELLED_WHILE_QUEUED = "print('dlcore: the job was cancelled while it waited for a GPU slot')"
+
+
+def _queued(process_class: type, slots: GpuSlots, job_id: int, sweep) -> type:
+    """A subclass of ``process_class`` that starts its script only once job ``job_id`` has a GPU slot.
+
+    ``activate`` (called by ``ProcessorI.process``) returns at once; a thread waits for the slot
+    (:meth:`GpuSlots.wait_for_slot`), sets ``CUDA_VISIBLE_DEVICES`` and starts the script, then holds
+    the slot while it runs.  While it waits, ``poll`` answers "not finished" as for a running script;
+    ``wait`` waits for the start and then for the script; ``cancel``/``kill`` stop the wait and run a
+    one-line script in its place, so omero-py's usual end (job status Cancelled, stdout uploaded) follows.
+    """
+
+    class QueuedProcess(process_class):
+        def activate(self) -> None:
+            self._dl_started = threading.Event()
+            self._dl_cancelled = threading.Event()
+            self._dl_command = None
+            self.status("Queued for a GPU slot")
+            threading.Thread(target=self._start_when_slot_free, name=f"dlcore-queue-{job_id}", daemon=True).start()
+
+        def _start_when_slot_free(self) -> None:
+            gpu = slots.wait_for_slot(job_id, self._dl_cancelled, sweep=sweep)
+            try:
+                if gpu is None:
+                    self._dl_command = [self.interpreter, "-c", CANCELLED_WHILE_QUEUED]
+                else:
+                    self.env.set("CUDA_VISIBLE_DEVICES", gpu)
+                process_class.activate(self)
+                if gpu is not None:
+                    slots.start(job_id, lambda: _process_alive(self))
+                    self.logger.info("job %s left the queue: running on GPU %s (pid %s)", job_id, gpu, self.pid)
+            except Exception:
+                self.logger.exception("job %s: could not start after waiting for a GPU slot", job_id)
+                slots.release(job_id)
+            finally:
+                self._dl_started.set()
+
+        def command(self):
+            return self._dl_command or process_class.command(self)
+
+        def _stop_waiting(self) -> None:
+            if not self._dl_started.is_set():
+                self.final_status = "Cancelled"
+                self._dl_cancelled.set()
+                self._dl_started.wait(30)
+
+        def wait(self, current=None):
+            self._dl_started.wait()
+            return process_class.wait(self, current)
+
+        def cancel(self, current=None):
+            self._stop_waiting()
+            return process_class.cancel(self, current)
+
+        def kill(self, current=None):
+            self._stop_waiting()
+            return process_class.kill(self, current)
+
+    QueuedProcess.__name__ = f"{process_class.__name__}QueuedForGpu"
+    return QueuedProcess
 
 
 def default_policy() -> DlJobPolicy:
@@ -82,6 +158,7 @@ class DlcoreProcessorI(ProcessorI):
         super().__init__(ctx, *args, **kwargs)
         self.policy = policy if policy is not None else default_policy()
         self._launch = threading.local()
+        self._job_groups: dict[int, int] = {}  # job id -> group id, for the jobs this processor accepted
         self.logger.info("dlcore processor extension: %s", self.policy.describe())
 
     def _answer(self, cb, valid: bool) -> None:
@@ -100,6 +177,8 @@ class DlcoreProcessorI(ProcessorI):
             # No script: a user-mode processor's user/group question; omero-py answers it.
             return ProcessorI.willAccept(self, userContext, groupContext, scriptContext, cb, current)
         job_id = scriptContext.id.val
+        if scriptContext.details is not None and scriptContext.details.group is not None:
+            self._job_groups[job_id] = scriptContext.details.group.id.val
         try:
             file, handle = self.lookup(scriptContext)
             handle.close()
@@ -110,6 +189,7 @@ class DlcoreProcessorI(ProcessorI):
         if valid:
             path = file.path.val if file.path is not None else ""
             name = file.name.val if file.name is not None else ""
+            self.release_jobs_taken_elsewhere()
             verdict = self.policy.decide(
                 job_id=job_id,
                 script_path=path.rstrip("/") + "/" + name,
@@ -120,30 +200,81 @@ class DlcoreProcessorI(ProcessorI):
         self._answer(cb, valid)
         return valid
 
+    def job_status(self, job_id: int) -> str | None:
+        """A job's status (``Submitted``, ``Running``, ...) read through the internal session in the
+        job's group (as omero-py's ``lookup`` reads the job); None when it cannot be read."""
+        group = self._job_groups.get(job_id)
+        if group is None:
+            return None
+        try:
+            handle = WithGroup(self.internal_session().createJobHandle(), group)
+            try:
+                handle.attach(job_id)
+                return handle.getStatus()
+            finally:
+                handle.close()
+        except Exception as exc:  # a job we cannot read keeps its reservation until it expires
+            self.logger.debug("status of job %s unreadable: %s", job_id, exc)
+            return None
+
+    def release_jobs_taken_elsewhere(self) -> list[int]:
+        """Release the slots and queue places of accepted jobs that another processor is running (or
+        that ended); the ids released."""
+        released = []
+        for job_id in self.policy.slots.unclaimed():
+            status = self.job_status(job_id)
+            if status in TAKEN_STATUSES:
+                self.policy.slots.release(job_id)
+                released.append(job_id)
+                self.logger.info("job %s is %s elsewhere: its reservation here is released", job_id, status)
+        return released
+
+    def _is_dl_job(self, job) -> bool:
+        file, handle = self.lookup(job)
+        handle.close()
+        if file is None:
+            return False
+        path = (file.path.val if file.path is not None else "").rstrip("/") + "/"
+        return is_dl_script(path + (file.name.val if file.name is not None else ""),
+                            self.policy.config.dl_script_folders)
+
     def process(self, client, session, job, current, params, properties=None, iskill=True):
-        """Start the job's script; a deep-learning run goes to its reserved GPU and holds the slot."""
+        """Start the job's script; a deep-learning run goes to its reserved GPU and holds the slot,
+        or waits on this node for one (it never runs without a slot)."""
         job_id = job.id.val if job is not None and job.id is not None else None
-        gpu = self.policy.slots.reserved_gpu(job_id) if (job_id is not None and params is not None) else None
-        if gpu is None:
+        slots = self.policy.slots
+        is_run = job_id is not None and params is not None
+        if not is_run or not slots.gpu_ids or not self._is_dl_job(job):
             return ProcessorI.process(self, client, session, job, current, params, properties, iskill)
+        gpu = slots.reserved_gpu(job_id) or slots.reserve(job_id)
+        if gpu is None:
+            position = slots.enqueue(job_id, claimed=True)
+            self.logger.info("job %s: all GPU slots busy, waiting at queue position %s", job_id, position)
+            self._launch.queued = job_id
         self._launch.gpu = gpu
         try:
             prx, process = ProcessorI.process(self, client, session, job, current, params, properties, iskill)
         except BaseException:
-            self.policy.slots.release(job_id)
+            slots.release(job_id)
             raise
         finally:
             self._launch.gpu = None
-        self.policy.slots.start(job_id, lambda: _process_alive(process))
-        self.logger.info("job %s running on GPU %s (pid %s)", job_id, gpu, process.pid)
+            self._launch.queued = None
+        if gpu is not None:
+            slots.start(job_id, lambda: _process_alive(process))
+            self.logger.info("job %s running on GPU %s (pid %s)", job_id, gpu, process.pid)
         return prx, process
 
     def find_launcher(self, current):
-        """omero-py's launcher and process class; the class pins the reserved GPU, if any."""
+        """omero-py's launcher and process class; the class pins the reserved GPU, if any, or waits for
+        one (a queued job)."""
         launcher, process_class = ProcessorI.find_launcher(self, current)
         gpu = getattr(self._launch, "gpu", None)
+        queued = getattr(self._launch, "queued", None)
         if gpu is not None:
             process_class = _with_gpu(process_class, gpu)
+        elif queued is not None:
+            process_class = _queued(process_class, self.policy.slots, queued, self.release_jobs_taken_elsewhere)
         return launcher, process_class
 
 
