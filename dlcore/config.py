@@ -10,7 +10,8 @@ configuration lives in a file at a known path.  The first of these that exists i
 With none, the defaults below apply.  The file is TOML::
 
     [dlcore]
-    models_dir = "/opt/dlcore/models"   # the model registry
+    models_dir = "/opt/dlcore/models"   # the model registry (shipped and sysadmin-installed models)
+    trained_models_dir = ""             # where Train_Model writes, shared by every node ("" = models_dir)
     device = "auto"                     # auto | cpu | cuda | cuda:N
     batch_size = 8                      # tiles per inference batch
     reader_threads = 2                  # tile prefetch threads
@@ -63,6 +64,7 @@ class Config:
     """dlcore's settings on this machine (see the module docstring for the file format)."""
 
     models_dir: Path = field(default_factory=_default_models_dir)
+    trained_models_dir: Path | None = None  # None: models_dir
     device: str = "auto"
     batch_size: int = 8
     reader_threads: int = 2
@@ -70,6 +72,23 @@ class Config:
     work_dir: Path | None = None
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     source: Path | None = None  # the file these settings came from, None for defaults
+
+    @property
+    def trained_dir(self) -> Path:
+        """Where trained models are written: ``trained_models_dir``, else ``models_dir``.
+
+        With several processor nodes this must be one folder every node mounts (a shared filesystem):
+        a model trained on one node is then run by any other.
+        """
+        return Path(self.trained_models_dir or self.models_dir)
+
+    @property
+    def model_roots(self) -> tuple[Path, ...]:
+        """The registry's folders, in lookup order: ``models_dir``, then ``trained_models_dir``."""
+        roots = [Path(self.models_dir)]
+        if self.trained_models_dir and Path(self.trained_models_dir) != roots[0]:
+            roots.append(Path(self.trained_models_dir))
+        return tuple(roots)
 
     def __post_init__(self) -> None:
         where = f" in {self.source}" if self.source else ""
@@ -121,6 +140,8 @@ def parse_config(text: str, *, path: Path) -> Config:
     _check_keys(proc, {f.name for f in dataclasses.fields(ProcessorConfig)}, "processor", path)
     if "models_dir" in main:
         main["models_dir"] = Path(main["models_dir"]).expanduser()
+    if "trained_models_dir" in main:
+        main["trained_models_dir"] = Path(main["trained_models_dir"]).expanduser() if main["trained_models_dir"] else None
     if "work_dir" in main:
         main["work_dir"] = Path(main["work_dir"]).expanduser() if main["work_dir"] else None
     for key in ("gpu_nodes", "dl_script_folders"):

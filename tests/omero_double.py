@@ -117,6 +117,7 @@ class Server:
         self.deleted: list[dict] = []  # the targets of every Delete2 that completed
         self.cancelled: list[dict] = []  # the targets of every Delete2 closed before it completed
         self.members: dict[int, set[int]] = defaultdict(set)  # group id -> user ids
+        self.admins: set[int] = set()  # user ids of OMERO administrators
 
     # -- setting up -------------------------------------------------------------------------------
     def new_id(self, table: str) -> int:
@@ -307,6 +308,19 @@ class Conn:
     def getUserId(self) -> int:
         return self.user
 
+    def getEventContext(self):
+        """``BlitzGateway.getEventContext`` (IAdmin.getEventContext): who the session is, and its groups."""
+        import omero.sys
+
+        self.check_session()
+        user = self.server.get("Experimenter", self.user)
+        group = self.server.get("ExperimenterGroup", self.group)
+        return omero.sys.EventContext(
+            userId=self.user, userName=user.getOmeName().getValue(), groupId=self.group,
+            groupName=group.getName().getValue(),
+            memberOfGroups=sorted(g for g, users in self.server.members.items() if self.user in users),
+            leaderOfGroups=[], isAdmin=self.user in self.server.admins)
+
     def _served(self, name: str, interface, proxy_class, backend_class):
         """One proxy per service and connection, as BlitzGateway keeps them."""
         if name not in self._proxies:
@@ -448,7 +462,7 @@ class Wrapper:
         return value.getValue() if value is not None else ""
 
     def getDetails(self):
-        return _Details(self._obj)
+        return _Details(self._obj, self._conn.server)
 
     def canAnnotate(self) -> bool:
         return self._conn.server.can_annotate(self._conn.user, self._obj)
@@ -472,11 +486,18 @@ class Wrapper:
 
 
 class _Details:
-    def __init__(self, obj) -> None:
-        self._obj = obj
+    """``BlitzObjectWrapper.getDetails()``: owner and group wrappers (the group's name, as the gateway
+    loads it)."""
+
+    def __init__(self, obj, server=None) -> None:
+        self._obj, self._server = obj, server
 
     def getGroup(self):
-        return _IdHolder(self._obj.getDetails().getGroup().getId().getValue())
+        group_id = self._obj.getDetails().getGroup().getId().getValue()
+        holder = _IdHolder(group_id)
+        group = self._server.get("ExperimenterGroup", group_id) if self._server is not None else None
+        holder.getName = lambda: group.getName().getValue() if group is not None else None
+        return holder
 
     def getOwner(self):
         return _IdHolder(self._obj.getDetails().getOwner().getId().getValue())

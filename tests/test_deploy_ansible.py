@@ -190,6 +190,7 @@ def sandbox(tmp_path_factory):
         "dlcore_omero_node_endpoints": "tcp -h 192.0.2.11",
         "dlcore_omero_node_config": {"omero.scripts.timeout": 86400000},
         "dlcore_gpu_slots_per_gpu": 2,
+        "dlcore_trained_models_dir": str(tmp / "shared" / "trained-models"),
     }
     (tmp / "inventory.json").write_text(json.dumps(inventory))
     (tmp / "extra.json").write_text(json.dumps(extra))
@@ -206,6 +207,7 @@ def sandbox(tmp_path_factory):
         "prefix": prefix, "node_server": node_server, "master_server": master_server,
         "venv": prefix / "opt" / "dlcore" / "venv", "models_pinned": pinned,
         "shipped": [s.name for s in shipped] + ["Sandbox_Segment.py"], "runs": runs,
+        "trained": tmp / "shared" / "trained-models",
     }
 
 
@@ -284,6 +286,9 @@ def test_dlcore_toml_rendered_and_valid(sandbox):
     assert config.processor.gpu_nodes == ("gpu1",)
     assert config.processor.gpu_slots_per_gpu == 2
     assert config.processor.dl_script_folders == ("Deep_Learning",)
+    assert config.processor.queue_length == 4
+    assert config.trained_models_dir == sandbox["trained"] and config.trained_dir == sandbox["trained"]
+    assert (sandbox["trained"] / ".dlcore-nodes" / "gpu1").read_text() == "gpu1\n"  # the shared-folder check ran
     assert tomllib.loads(path.read_text())["dlcore"]["device"] == "auto"
 
 
@@ -323,3 +328,34 @@ def test_scripts_installed_and_retired_ones_removed(sandbox):
     for name in sandbox["shipped"]:
         if name != "Sandbox_Segment.py":
             assert (menu / name).read_bytes() == (REPO / "omero_scripts" / "Deep_Learning" / name).read_bytes()
+
+
+def _refused_run(tmp_path, gpu_hosts: dict, extra: dict) -> str:
+    """Play site.yml against GPU hosts that fail a check made before anything is installed; its output."""
+    inventory = {"all": {"vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+                                  "ansible_become": False, "dlcore_prefix": str(tmp_path / "root")},
+                         "children": {"dlcore_gpu_nodes": {"hosts": gpu_hosts}}}}
+    (tmp_path / "inventory.json").write_text(json.dumps(inventory))
+    (tmp_path / "extra.json").write_text(json.dumps({"dlcore_user": "root", "dlcore_create_user": False,
+                                                     "dlcore_install_os_packages": False, **extra}))
+    done = subprocess.run(
+        [_tool("ansible-playbook"), "-i", str(tmp_path / "inventory.json"), "-e", f"@{tmp_path / 'extra.json'}",
+         str(ANSIBLE_DIR / "site.yml")], cwd=ANSIBLE_DIR, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert not (tmp_path / "root" / "opt" / "dlcore" / "venv").exists()  # refused before installing anything
+    return done.stdout
+
+
+def test_several_gpu_nodes_without_a_shared_trained_models_folder_are_refused(tmp_path):
+    hosts = {"gpu1": {"dlcore_omero_node_name": "gpu1"}, "gpu2": {"dlcore_omero_node_name": "gpu2"}}
+    output = _refused_run(tmp_path, hosts, {})
+    assert "dlcore_trained_models_dir is empty" in output and "gpu1, gpu2" in output
+
+
+def test_a_trained_models_folder_that_is_not_shared_is_refused(tmp_path):
+    """Each node has its own folder at the path (no shared filesystem): each misses the other's marker."""
+    hosts = {name: {"dlcore_omero_node_name": name, "dlcore_trained_models_dir": str(tmp_path / name / "trained")}
+             for name in ("gpu1", "gpu2")}
+    output = _refused_run(tmp_path, hosts, {})
+    assert "is not one folder shared by every GPU node" in output
+    assert "does not hold the markers of\ngpu2" in output or "markers of gpu2" in output.replace("\n", " ")

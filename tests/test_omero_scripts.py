@@ -167,7 +167,11 @@ def test_run_model_script_reports_bad_input_and_writes_nothing(monkeypatch):
 
 
 def test_list_models_script_describes_the_builtin_pipeline(monkeypatch):
-    fake = _exec_script("List_Models.py", {}, None, monkeypatch)
+    from omero_double import Server
+
+    server = Server()
+    group = server.add_group("lab")
+    fake = _exec_script("List_Models.py", {}, server.connect(server.add_user("alice", [group]), group), monkeypatch)
     text = fake.outputs["Models"].getValue()
     assert "nuclei-classical" in text and "sigma=3.0" in text
 

@@ -199,7 +199,7 @@ def test_detect_gpus_sources(tmp_path):
 
 omero = pytest.importorskip("omero", reason="omero-py (and zeroc-ice) are needed for these tests")
 Ice = pytest.importorskip("Ice")
-import omero.grid  # noqa: E402
+import omero.grid  # noqa: E402, F811 (the submodule; importorskip bound the package)
 import omero.model  # noqa: E402
 from omero.rtypes import rstring  # noqa: E402
 from omero_ext.path import path as omero_path  # noqa: E402

@@ -145,6 +145,7 @@ def write_package(
     training_data: dict | None = None,
     metrics: dict | None = None,
     license: str = "CC-BY-4.0",
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write ``model`` as a validated bioimage.io package folder; returns the folder.
 
@@ -183,6 +184,9 @@ def write_package(
     training_data, metrics
         Free-form records (stored in ``config.dlcore`` and written into the card).
 
+    extra_files
+        ``{file name: text}`` written into the package before it appears under ``out_dir`` (e.g.
+        ``owner.json``), so the package is never visible without them.
     Returns
     -------
     Path
@@ -245,6 +249,8 @@ def write_package(
                    cover_name=cover_name, authors=authors, tags=tags, version=version, license=license,
                    folder=staging, n_params=sum(p.numel() for p in model.parameters()))
         _validate_and_write(rdf, staging)
+        for file_name, text in (extra_files or {}).items():
+            (staging / file_name).write_text(text)
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

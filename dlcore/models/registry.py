@@ -12,6 +12,11 @@
 
 A model's registry name is its folder's name (for installs: its rdf ``name``, lower-cased, with
 characters other than letters, digits, ``-``, ``_`` and ``.`` replaced by ``-``).
+
+The registry is one folder or two (:attr:`dlcore.config.Config.model_roots`): ``models_dir``
+(shipped and sysadmin-installed models) and ``trained_models_dir`` (what Train_Model writes, on a
+filesystem every processor node shares).  A name is looked up in that order.  A trained model
+carries an ``owner.json`` (:mod:`dlcore.models.ownership`): who may use it and add versions.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ class ModelRecord:
     kind: str = ""
     tags: tuple[str, ...] = ()
     install: dict = field(default_factory=dict)
+    owner: dict | None = None  # owner.json of a trained model (user and group); None: shared with everyone
 
     def card_text(self) -> str:
         """The model card (the package's documentation file, README.md by convention)."""
@@ -95,40 +101,51 @@ def _record(folder: Path) -> ModelRecord:
             install = json.loads((folder / "install.json").read_text())
         except json.JSONDecodeError:
             install = {"error": "unreadable install.json"}
+    from dlcore.models.ownership import read_owner
+
     return ModelRecord(name=folder.name, path=folder, description=str(rdf.get("description", "")),
                        version=str(rdf.get("version", "") or ""), kind=dlcore.get("kind", "semantic (no config.dlcore)"),
-                       tags=tuple(map(str, rdf.get("tags") or ())), install=install)
+                       tags=tuple(map(str, rdf.get("tags") or ())), install=install, owner=read_owner(folder))
+
+
+def _roots(config) -> tuple[Path, ...]:
+    config = _config(config)
+    roots = getattr(config, "model_roots", None)
+    return tuple(roots) if roots else (Path(config.models_dir),)
 
 
 def list_models(config=None) -> list[ModelRecord]:
-    """The packages in ``config.models_dir`` (default: the machine's configuration), by name.
+    """The packages of the registry (default: the machine's configuration), by name.
 
-    Folders without an rdf.yaml and hidden folders are skipped.
+    Folders without an rdf.yaml and hidden folders (installs and trainings in progress) are skipped; a
+    name in ``models_dir`` hides the same name in ``trained_models_dir``.
     """
-    root = Path(_config(config).models_dir)
-    if not root.is_dir():
-        return []
-    records = []
-    for folder in sorted(root.iterdir()):
-        if folder.is_dir() and not folder.name.startswith(".") and _rdf_path(folder):
+    records: dict[str, ModelRecord] = {}
+    for root in _roots(config):
+        if not root.is_dir():
+            continue
+        for folder in sorted(root.iterdir()):
+            if folder.name in records or folder.name.startswith(".") or not folder.is_dir() or not _rdf_path(folder):
+                continue
             try:
-                records.append(_record(folder))
+                records[folder.name] = _record(folder)
             except ModelError as exc:
                 log.warning("skipping %s: %s", folder, exc)
-    return records
+    return [records[name] for name in sorted(records)]
 
 
 def find_model(name: str, config=None) -> ModelRecord:
     """The installed model ``name``; raises ModelError listing what is installed."""
-    root = Path(_config(config).models_dir)
-    folder = root / name
-    if folder.is_dir() and _rdf_path(folder):
-        return _record(folder)
+    roots = _roots(config)
+    for root in roots:
+        folder = root / name
+        if name and not name.startswith(".") and "/" not in name and folder.is_dir() and _rdf_path(folder):
+            return _record(folder)
     names = [r.name for r in list_models(config)]
     from dlcore.tasks import builtin_task_names
 
     raise ModelError(f"no task or model called {name!r}; built-in tasks: {', '.join(builtin_task_names())}; "
-                     f"models installed in {root}: {', '.join(names) or 'none'} "
+                     f"models installed in {', '.join(map(str, roots))}: {', '.join(names) or 'none'} "
                      "(install one with `dlcore models install SOURCE`)")
 
 

@@ -96,12 +96,15 @@ def _default_roi_cap() -> int:
 
 
 def available_tasks(config=None) -> list[str]:
-    """Built-in tasks and the models installed on this node (the registry), by name."""
+    """Built-in tasks and the registry's shared models (those without owner), by name.
+
+    Read when OMERO parses the script, with no user at hand, so models trained in a group are not
+    named here (List_Models shows each user the ones of their groups)."""
     from dlcore.tasks import builtin_task_names
 
     names = list(builtin_task_names())
     for model in _installed_models(config):
-        if model.name not in names:
+        if model.name not in names and model.owner is None:
             names.append(model.name)
     return names
 
@@ -132,8 +135,9 @@ def model_params(grouping: int) -> list:
     names = available_tasks()
     return [
         scripts.String("Model", optional=False, grouping=f"{grouping}", default=names[0],
-                       description="The model or pipeline to apply, by name (List_Models shows every installed "
-                                   "model and what it does). Installed when this menu was read: " + ", ".join(names)),
+                       description="The model or pipeline to apply, by name (List_Models shows every model you "
+                                   "may use, including those trained in your groups, and what each does). Shared "
+                                   "models when this menu was read: " + ", ".join(names)),
         scripts.String("Model_Parameters", grouping=f"{grouping + 1}",
                        description="Optional parameters as name=value, separated by commas, e.g. 'sigma=2, min_size=40'"),
     ]
@@ -255,8 +259,9 @@ def run_script(script_client, *, task: str | None = None, conn=None) -> str:
         from dlcore.omero.workflows import run_on_objects, summary_message
         from dlcore.progress import LineProgress
 
-        name = task or inputs.get("Model")
+        name = task or (inputs.get("Model") or "").strip()
         params = task_values(name, inputs) if task else parse_parameters(inputs.get("Model_Parameters"))
+        _check_may_use(conn, name)
         reports = run_on_objects(
             conn, name, inputs.get("Data_Type", "Image"), inputs.get("IDs") or [], params,
             detect_tissue=not inputs.get("Analyse_Whole_Image", False), mpp=inputs.get("Image_Pixel_Size_um"),
@@ -272,8 +277,24 @@ def run_script(script_client, *, task: str | None = None, conn=None) -> str:
     return script_body(script_client, work, conn=conn)
 
 
-def models_text(config=None) -> str:
-    """What is installed on this node: built-in tasks with their parameters, then each model's card."""
+def _check_may_use(conn, name: str) -> None:
+    """ParameterError unless the caller may use ``name`` (a built-in task, or a registry model that is
+    shared or belongs to one of their groups); a name that is neither is left to the run to report."""
+    from dlcore.errors import ModelError
+    from dlcore.omero.model_access import usable_model
+    from dlcore.tasks import builtin_task_names
+
+    if name in builtin_task_names():
+        return
+    try:
+        usable_model(conn, name)
+    except ModelError:
+        return  # not in the registry: the run says what exists
+
+
+def models_text(config=None, models=None) -> str:
+    """Built-in tasks with their parameters, then each model's card: ``models`` (records), by default
+    every model installed on this node."""
     from dlcore.tasks import builtin_task_class, builtin_task_names, task_parameters
 
     lines = ["Built-in pipelines:"]
@@ -282,19 +303,24 @@ def models_text(config=None) -> str:
         params = ", ".join(f"{k}={f.default!r}" for k, f in task_parameters(name).items()
                            if f.default is not dataclasses.MISSING)
         lines += [f"- {name}: {doc}", f"    parameters: {params}"]
-    models = _installed_models(config)
+    models = _installed_models(config) if models is None else models
     lines.append(f"\nInstalled models ({len(models)}):" if models else "\nNo models are installed on this node.")
     for model in models:
-        lines.append(f"- {model.name}: {getattr(model, 'description', '')}")
+        owner = getattr(model, "owner", None)
+        whose = f" [trained by {owner.get('user_name')} in group {owner.get('group_name')}]" if owner else ""
+        lines.append(f"- {model.name}: {getattr(model, 'description', '')}{whose}")
         card = getattr(model, "card_text", lambda: "")()
         lines += [f"    {line}" for line in card.splitlines()]
     return "\n".join(lines)
 
 
-def list_models_script(script_client) -> str:
-    """The body of List_Models: print the installed models and set the ``Message`` output."""
+def list_models_script(script_client, *, conn=None) -> str:
+    """The body of List_Models: print the models the caller may use (shared ones and those of their
+    groups) and set the ``Message`` and ``Models`` outputs."""
+    from dlcore.omero.model_access import usable_models
+
     try:
-        text = models_text()
+        text = models_text(models=usable_models(conn or connect_client(script_client)))
     except DlcoreError as exc:
         text = f"Cannot list the models: {exc}"
     print(text)

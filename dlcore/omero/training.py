@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -72,13 +73,14 @@ def annotation_params(grouping: int) -> list:
 
 
 def _registry_models() -> list[str]:
-    """Model packages in the node's registry that training can start from ([] when unreadable)."""
+    """Shared model packages (no owner) that training can start from ([] when unreadable)."""
     try:
         from dlcore.config import load_config
+        from dlcore.models.ownership import read_owner
         from dlcore.train.registry_io import packages
 
-        return [folder.name for folder, rdf in packages(load_config().models_dir)
-                if "pytorch_state_dict" in (rdf.get("weights") or {})]
+        return [folder.name for root in load_config().model_roots for folder, rdf in packages(root)
+                if "pytorch_state_dict" in (rdf.get("weights") or {}) and read_owner(folder) is None]
     except Exception as exc:  # the script must still parse with a broken registry
         log.warning("the model registry cannot be read: %s", exc)
         return []
@@ -92,10 +94,12 @@ def training_params(grouping: int) -> list:
     g = grouping
     return [
         scripts.String("Model_Name", optional=False, grouping=f"{g}",
-                       description="Name of the new model (no spaces); an existing name gets a new version"),
+                       description="Name of the new model (no spaces); a name you used before gets a new version; "
+                                   "a name of a shared model or of another user's is refused"),
         scripts.String("Base_Model", grouping=f"{g + 1}", default=FROM_SCRATCH,
-                       values=[rstring(n) for n in [FROM_SCRATCH, *_registry_models()]],
-                       description="Start from this installed model (transfer learning), or train from scratch"),
+                       description="Start from this model, by name (transfer learning: a shared model or one of your "
+                                   f"groups'), or {FROM_SCRATCH}. Shared models when this menu was read: "
+                                   + (", ".join(_registry_models()) or "none")),
         scripts.Int("Freeze_Stages", grouping=f"{g + 2}", default=defaults["freeze_stages"], min=0,
                     description="With a base model: keep the weights of its first N encoder stages (0 = fine-tune all)"),
         scripts.Int("Epochs", grouping=f"{g + 3}", default=defaults["epochs"], min=1,
@@ -263,7 +267,10 @@ def train_on_objects(conn, data_type: str, ids, *, options, name: str, base_mode
     mpp
         Full-resolution pixel size in µm for images that have none.
     config
-        dlcore's configuration (default :func:`~dlcore.config.load_config`); the model goes into ``models_dir``.
+        dlcore's configuration (default :func:`~dlcore.config.load_config`); the model goes into
+        ``trained_models_dir`` (shared by every node), owned by the caller and the group of the first
+        object (:mod:`dlcore.models.ownership`).  A name of a shared model or of another user's model is
+        refused before any training; ``base_model`` must be one the caller may use.
     progress
         ``(stage, done, total)`` callback.
 
@@ -273,6 +280,9 @@ def train_on_objects(conn, data_type: str, ids, *, options, name: str, base_mode
     FileAnnotation id), ``datasets`` (ids), ``samples``, ``images`` and ``notes``.
     """
     from dlcore.config import load_config
+    from dlcore.models.ownership import check_add_version
+    from dlcore.models.registry import list_models
+    from dlcore.omero.model_access import caller_of, owner_for_training, usable_model
     from dlcore.train.api import train_model
     from dlcore.train.spec import TrainSpec
 
@@ -282,13 +292,17 @@ def train_on_objects(conn, data_type: str, ids, *, options, name: str, base_mode
     if spec.freeze_stages and not base_model:
         raise ParameterError(f"Freeze_Stages={spec.freeze_stages} needs a base model to start from; choose a "
                              "Base_Model, or set Freeze_Stages to 0 to train from scratch")
+    versions = [r for r in list_models(config) if r.name == name or re.fullmatch(rf"{re.escape(name)}-v\d+", r.name)]
+    check_add_version(name, versions, caller_of(conn))
+    base_path = str(usable_model(conn, base_model, config).path) if base_model else None
     dataset, images, datasets, notes = _dataset(conn, data_type, ids, options, mpp, progress)
+    owner = owner_for_training(conn, data_type, ids)
     spec = dataclasses.replace(spec, training_data=_provenance(images, options, notes), reproduce=(
         f"OMERO Deep Learning > Train Model: Data_Type={data_type}, IDs={','.join(map(str, ids))}, task={options.task}, "
         f"class source={options.class_source}, classes={','.join(dataset.classes)}, level={options.level}, "
         f"margin={options.margin}, base model={base_model or 'none'}, {spec_kwargs}"))
-    result = train_model(dataset, spec=spec, out_registry=Path(config.models_dir), base_model=base_model,
-                         progress=progress)
+    result = train_model(dataset, spec=spec, out_registry=config.trained_dir, base_model=base_path,
+                         progress=progress, owner=owner)
     version = result.metrics["version"]
     scratch = _scratch(config)
     try:

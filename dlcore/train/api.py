@@ -174,7 +174,7 @@ def _package_folder(spec: TrainSpec, registry: Path) -> tuple[str, Path]:
 
 
 def train_model(dataset: AnnotatedDataset, *, spec: TrainSpec, out_registry: Path, base_model: str | None = None,
-                progress: Progress | None = None) -> TrainResult:
+                progress: Progress | None = None, owner: dict | None = None) -> TrainResult:
     """Train a model on ``dataset`` and add it to the registry as a new package version.
 
     Parameters
@@ -182,8 +182,14 @@ def train_model(dataset: AnnotatedDataset, *, spec: TrainSpec, out_registry: Pat
     dataset : the annotated images (its ``task`` must equal ``spec.task``).
     spec : every training setting (:class:`TrainSpec`).
     out_registry : the registry folder the package is written into (``name/`` or ``name-vN/``).
-    base_model : a registered model to start from (transfer learning); None trains from scratch.
+    base_model : a registered model to start from (transfer learning), by name in ``out_registry`` or
+        as a package folder's absolute path; None trains from scratch.
     progress : ``(stage, done, total)`` callback.
+    owner : the ``owner.json`` record (:mod:`dlcore.models.ownership`) written into the package before
+        it appears in the registry; None for a model without owner (shared).
+
+    The version is chosen and the package written under the registry's lock
+    (:func:`~dlcore.train.registry_io.registry_lock`), so concurrent trainings never collide.
 
     Returns
     -------
@@ -192,7 +198,9 @@ def train_model(dataset: AnnotatedDataset, *, spec: TrainSpec, out_registry: Pat
     """
     import torch
 
+    from dlcore.models.ownership import OWNER_FILE
     from dlcore.models.package import write_package
+    from dlcore.train.registry_io import registry_lock
     from dlcore.train.loop import train_network
     from dlcore.train.report import write_report
 
@@ -218,25 +226,27 @@ def train_model(dataset: AnnotatedDataset, *, spec: TrainSpec, out_registry: Pat
         if progress:
             progress("evaluate", 1, 1)
         summary = describe(dataset)
-        version, folder = _package_folder(spec, registry)
-        card = card_markdown(spec, dataset, sizes, summary, test_metrics, kfold, history, base_model,
-                             describe(test) if test.samples else None)
-        metrics = {"test": headline(test_metrics, spec.task) if test_metrics else None,
-                   "kfold": kfold["summary"] if kfold else None, "split": sizes,
-                   "epochs_run": history["epochs_run"], "train_seconds": history["seconds"]}
-        training_data = {"description": spec.training_data, "samples": summary["samples"],
-                         "groups": summary["groups"], "classes": list(dataset.classes),
-                         "base_model": base_model, "freeze_stages": spec.freeze_stages,
-                         "spec": {k: v for k, v in dataclasses.asdict(spec).items()
-                                  if k not in ("description", "training_data", "limits")}}
-        package = write_package(
-            folder, name=spec.name, description=spec.description or f"{spec.task} model trained with dlcore",
-            model=model, architecture=arch, dlcore_config=dlcore_config(dataset, spec),
-            test_input=_test_input(test if test.samples else train, spec, int(getattr(model, "divisor", 1))),
-            cover=_cover(test, predictions, train), card_markdown=card, authors=list(spec.authors),
-            tags=list(spec.tags) or ["dlcore", spec.task], version=version,
-            training_data=json.loads(json.dumps(training_data, default=str)),
-            metrics=json.loads(json.dumps(metrics, default=str)), license=spec.license)
+        with registry_lock(registry):  # choose the version and write it, atomically for other trainings
+            version, folder = _package_folder(spec, registry)
+            card = card_markdown(spec, dataset, sizes, summary, test_metrics, kfold, history, base_model,
+                                 describe(test) if test.samples else None)
+            metrics = {"test": headline(test_metrics, spec.task) if test_metrics else None,
+                       "kfold": kfold["summary"] if kfold else None, "split": sizes,
+                       "epochs_run": history["epochs_run"], "train_seconds": history["seconds"]}
+            training_data = {"description": spec.training_data, "samples": summary["samples"],
+                             "groups": summary["groups"], "classes": list(dataset.classes),
+                             "base_model": base_model, "freeze_stages": spec.freeze_stages,
+                             "spec": {k: v for k, v in dataclasses.asdict(spec).items()
+                                      if k not in ("description", "training_data", "limits")}}
+            package = write_package(
+                folder, name=spec.name, description=spec.description or f"{spec.task} model trained with dlcore",
+                model=model, architecture=arch, dlcore_config=dlcore_config(dataset, spec),
+                test_input=_test_input(test if test.samples else train, spec, int(getattr(model, "divisor", 1))),
+                cover=_cover(test, predictions, train), card_markdown=card, authors=list(spec.authors),
+                tags=list(spec.tags) or ["dlcore", spec.task], version=version,
+                training_data=json.loads(json.dumps(training_data, default=str)),
+                metrics=json.loads(json.dumps(metrics, default=str)), license=spec.license,
+                extra_files={OWNER_FILE: json.dumps(owner, indent=2)} if owner else None)
         if progress:
             progress("report", 0, 1)
         report = write_report(package / "report", title=f"QC report: {spec.name} {version}",

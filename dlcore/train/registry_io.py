@@ -5,6 +5,8 @@ Kept minimal and independent of :mod:`dlcore.models.registry`: a package is a fo
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
 from pathlib import Path
 
@@ -38,8 +40,11 @@ def _base_name(folder: Path, rdf: dict) -> str:
 
 
 def find_package(name: str, registry: Path) -> Path:
-    """The folder of model ``name``: an exact folder name, else the highest version with that name."""
+    """The folder of model ``name``: a package folder's absolute path, an exact folder name in
+    ``registry``, else the highest version with that name."""
     registry = Path(registry)
+    if Path(name).is_absolute() and (Path(name) / "rdf.yaml").is_file():
+        return Path(name)
     if (registry / name / "rdf.yaml").is_file():
         return registry / name
     found = [(p, r) for p, r in packages(registry) if _base_name(p, r) == name or r.get("name") == name]
@@ -70,3 +75,18 @@ def state_dict_entry(rdf: dict, folder: Path) -> tuple[str, dict, Path]:
     arch = entry.get("architecture", {})
     callable_name = arch.get("callable") or str(arch.get("import_from", "")).rsplit(".", 1)[-1]
     return callable_name, dict(arch.get("kwargs") or {}), Path(folder) / entry["source"]
+
+
+@contextlib.contextmanager
+def registry_lock(registry: Path):
+    """Hold the registry's lock (``.dlcore-registry.lock``, an exclusive ``flock``) while choosing a new
+    version's folder and writing it: two trainings of the same name, on one node or on two nodes sharing
+    the registry, then never pick the same version."""
+    registry = Path(registry)
+    registry.mkdir(parents=True, exist_ok=True)
+    with open(registry / ".dlcore-registry.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
