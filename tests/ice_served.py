@@ -78,7 +78,7 @@ def _call(backend, name, args, current):
     method = getattr(backend, name)
     try:
         result = method(*args, ctx=dict(current.ctx)) if _takes_ctx(method) else method(*args)
-    except omero.ServerError as exc:
+    except (omero.ServerError, Ice.RequestFailedException) as exc:  # ObjectNotExist: a closed session's service
         return None, exc
     except Exception as exc:  # noqa: BLE001 - what a server reports for a bug: InternalException
         return None, omero.InternalException(None, None, f"{type(exc).__name__}: {exc}")

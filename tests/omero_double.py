@@ -28,6 +28,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import Ice
 import numpy as np
 import omero
 import omero.api
@@ -263,12 +264,16 @@ class Conn:
         self.SERVICE_OPTS = ServiceOptsDict()
         self.SERVICE_OPTS.setOmeroGroup(group)
         self._proxies: dict = {}
+        self.closed = False
         self.c = _Client(self)
         self.session_started_ms = int(time.time() * 1000)
         self.session_ttl_ms = server.session_ttl_ms  # a script's session: omero.scripts.timeout (0: none)
 
     def check_session(self) -> None:
-        """A session past its time to live is gone: every call fails (the processor stops the job)."""
+        """A closed session, or one past its time to live, is gone: every call fails (the processor stops
+        the job); its services no longer exist."""
+        if self.closed:
+            raise Ice.ObjectNotExistException()
         if self.session_ttl_ms and time.time() * 1000 > self.session_started_ms + self.session_ttl_ms:
             raise omero.SessionTimeoutException(None, None, "the session's time to live has passed")
 
@@ -303,7 +308,9 @@ class Conn:
         return WRAPPERS[obj_type](self, obj)
 
     def close(self, hard=True):
+        """``BlitzGateway.close``: the session ends (with ``client_obj=``, the script's own session)."""
         self.server.calls["Gateway.close"] += 1
+        self.closed = True
 
     def getUserId(self) -> int:
         return self.user

@@ -259,3 +259,35 @@ def test_images_that_cannot_finish_before_the_session_ends_are_not_started(lab, 
     conn.session_started_ms -= 62_000  # the session's time is up: the server refuses every call
     with pytest.raises(omero.SessionTimeoutException):
         conn.getUpdateService().saveObject(omero.model.TagAnnotationI(), context)
+
+
+def test_the_double_is_served_over_real_ice_like_a_server(lab):
+    """IQuery, IUpdate, the ServiceFactory and its stateful services go through omero-py's proxies and Ice:
+    results are copies, closed services are gone, and a closed session's services fail."""
+    import Ice
+    from omero.model import TagAnnotationI
+
+    server, conn, context = lab
+    assert isinstance(conn.getUpdateService(), omero.api.IUpdatePrx)
+    assert isinstance(conn.getQueryService(), omero.api.IQueryPrx)
+    assert isinstance(conn.c.sf, omero.api.ServiceFactoryPrx)
+    tag = TagAnnotationI()
+    tag.setTextValue(rstring("t"))
+    saved = conn.getUpdateService().saveAndReturnObject(tag, context)
+    assert tag.getId() is None and saved.getId().getValue() > 0  # the server's copy has the id, not ours
+    saved.setTextValue(rstring("changed here"))
+    assert server.get("Annotation", saved.getId().getValue()).getTextValue().getValue() == "t"
+
+    store = conn.c.sf.createRawPixelsStore()
+    assert isinstance(store, omero.api.RawPixelsStorePrx)
+    with pytest.raises(omero.ApiUsageException, match="setPixelsId"):
+        store.getResolutionLevels()
+    store.close()
+    with pytest.raises(Ice.ObjectNotExistException):  # a closed stateful service no longer exists
+        store.getResolutionLevels()
+    with pytest.raises(ValueError):  # Slice says long: Ice refuses a string before sending
+        conn.c.sf.createRawPixelsStore().setPixelsId("1", False)
+
+    conn.close()
+    with pytest.raises(Ice.ObjectNotExistException):
+        conn.getQueryService().findByQuery(Q_PIXELS_TYPE, ParametersI().add("value", rstring("uint8")), context)
