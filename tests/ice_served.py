@@ -22,7 +22,9 @@ The communicators are configured as omero-py configures a client (``Ice.MessageS
 from __future__ import annotations
 
 import atexit
+import functools
 import inspect
+import re
 import threading
 
 import Ice
@@ -42,6 +44,7 @@ def _communicator():
     data = Ice.InitializationData()
     data.properties = Ice.createProperties()
     data.properties.setProperty("Ice.MessageSizeMax", str(omero.constants.MESSAGESIZEMAX))
+    data.properties.setProperty("Ice.ImplicitContext", "Shared")  # as omero-py's client sets it
     data.properties.setProperty("Ice.ThreadPool.Server.Size", "4")  # tiles are read from several threads
     data.properties.setProperty("Ice.ThreadPool.Server.SizeMax", "16")
     ic = Ice.initialize(data)
@@ -91,13 +94,36 @@ def _call(backend, name, args, current):
     return result, None
 
 
-def _amd_operation(backend, name):
+@functools.lru_cache(maxsize=None)
+def _slice_source(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _is_void(interface, name: str) -> bool:
+    """Whether the Slice operation returns nothing: its generated ``IcePy.Operation(...)`` has ``None`` as
+    return type (the argument before the exception tuple).  An AMD callback must be answered with exactly
+    the declared results: ``ice_response()`` for an operation that returns a value crashes IcePy."""
+    for cls in interface.__mro__:
+        skeleton = cls.__dict__.get(f"{name}_async") or cls.__dict__.get(name)
+        if skeleton is None:
+            continue
+        source = _slice_source(skeleton.__code__.co_filename)  # the generated *_ice.py module
+        match = re.search(rf"^\s*{cls.__name__}\._op_{name} = IcePy\.Operation\(.*$", source, re.M)
+        if match:
+            return re.search(r", None, \([^()]*\)\)\s*$", match.group(0)) is not None
+    raise LookupError(f"{interface.__name__}.{name} is not in the generated Slice code")
+
+
+def _amd_operation(interface, backend, name):
+    void = _is_void(interface, name)
+
     def dispatch_async(self, callback, *args):
         *args, current = args
         result, error = _call(backend, name, args, current)
         if error is not None:
             callback.ice_exception(error)
-        elif result is None:
+        elif void:
             callback.ice_response()
         else:
             callback.ice_response(result)
@@ -135,7 +161,8 @@ def _servant_class(interface, backend):
         amd = hasattr(interface, f"{name}_async")
         public = not name.startswith("_") and callable(getattr(backend, name, None))
         if public:
-            members[f"{name}_async" if amd else name] = (_amd_operation if amd else _plain_operation)(backend, name)
+            members[f"{name}_async" if amd else name] = (
+                _amd_operation(interface, backend, name) if amd else _plain_operation(backend, name))
         else:
             members[f"{name}_async" if amd else name] = _not_implemented(name, amd)
     return type(f"Served{interface.__name__}", (interface,), members)

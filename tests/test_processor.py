@@ -136,6 +136,20 @@ def test_queue_serves_claimed_jobs_in_order_and_unclaimed_places_expire():
     assert got == {5: "0", 6: "0"}
 
 
+def test_a_claimed_slot_is_never_swept_or_expired():
+    """Once the job is here (processJob), a sweep for jobs running elsewhere must not free its slot: its
+    status is Running too (ProcessorI.process sets it right after starting the script)."""
+    clock = FakeClock()
+    slots = GpuSlots(("0",), 1, clock=clock)
+    assert slots.reserve(1) == "0" and slots.unclaimed() == [1]  # willAccept: another node may win it
+    assert slots.reserve(1, claimed=True) == "0"  # processJob arrived here
+    assert slots.unclaimed() == []
+    clock.now += RESERVATION_TTL_S * 10
+    assert slots.reserved_gpu(1) == "0"  # not expired, though its process has not started yet
+    slots.start(1, lambda: True)
+    assert slots.in_use() == 1
+
+
 def test_cancelled_wait_leaves_the_queue():
     slots = GpuSlots(("0",), 1, queue_length=1)
     slots.reserve(1)
@@ -201,10 +215,12 @@ omero = pytest.importorskip("omero", reason="omero-py (and zeroc-ice) are needed
 Ice = pytest.importorskip("Ice")
 import omero.grid  # noqa: E402, F811 (the submodule; importorskip bound the package)
 import omero.model  # noqa: E402
+import omero.api  # noqa: E402
+import omero.rtypes  # noqa: E402
 from omero.rtypes import rstring  # noqa: E402
 from omero_ext.path import path as omero_path  # noqa: E402
 
-from dlcore.processor.server import DlcoreProcessorI  # noqa: E402
+from dlcore.processor.server import CANCELLED_WHILE_QUEUED, DlcoreProcessorI  # noqa: E402
 
 
 class _Remote:
@@ -217,31 +233,39 @@ class _Remote:
         return self._communicator
 
 
-class FakeJobHandle(_Remote):
-    """JobHandle: the job's status lives in ``statuses``, which several nodes' sessions share (one server)."""
+class JobHandleBackend:
+    """omero.api.JobHandle, served over real Ice (so the processor calls only what the Slice declares): the
+    job's status lives in ``statuses``, which several nodes' sessions share (one server).  Jobs start
+    ``Waiting``, as SharedResourcesI saves them."""
 
-    def __init__(self, communicator, log, statuses) -> None:
-        super().__init__(communicator)
+    def __init__(self, log, statuses) -> None:
         self.log, self.statuses = log, statuses
         self.job_id = None
 
-    def attach(self, job_id, ctx=None):
-        self.log.append(("attach", job_id, ctx.get("omero.group")))
-        self.job_id = job_id
+    def _status(self):
+        status = omero.model.JobStatusI()
+        status.setValue(rstring(self.statuses.get(self.job_id, "Waiting")))
+        return status
 
-    def jobFinished(self, ctx=None):
-        return self.statuses.get(self.job_id) in ("Finished", "Error", "Cancelled")
+    def attach(self, jobId, ctx):
+        self.log.append(("attach", jobId, ctx.get("omero.group")))
+        self.job_id = jobId
+        return self._status()
 
-    def getStatus(self, ctx=None):
-        return self.statuses.get(self.job_id, "Submitted")
+    def jobStatus(self):
+        return self._status()
 
-    def setStatus(self, status, ctx=None):
+    def jobFinished(self):
+        done = self.statuses.get(self.job_id) in ("Finished", "Error", "Cancelled")
+        return omero.rtypes.rtime(1) if done else None
+
+    def setStatus(self, status):
         self.log.append(("status", status))
-        old = self.getStatus()
+        old = self.statuses.get(self.job_id, "Waiting")
         self.statuses[self.job_id] = status
         return old
 
-    def close(self, ctx=None):
+    def close(self):
         self.log.append(("close",))
 
 
@@ -283,7 +307,9 @@ class FakeServiceFactory(_Remote):
         self.sessions = FakeSessionService(communicator)
 
     def createJobHandle(self, ctx=None):
-        return FakeJobHandle(self._communicator, self.log, self.statuses)
+        from ice_served import serve
+
+        return serve(omero.api.JobHandle, omero.api.JobHandlePrx, JobHandleBackend(self.log, self.statuses))
 
     def getScriptService(self, ctx=None):
         return self.scripts
@@ -527,12 +553,11 @@ def test_hook_falls_back_to_omero_class_when_dlcore_fails(monkeypatch, caplog):
 
 
 def _server_acquires(processors, job, user=None, group=None):
-    """What OMERO.server's ``SharedResourcesI.acquireProcessor`` does: ask every processor, give the job
-    to the first that answers yes; None when none does (the user then gets NoProcessorAvailable)."""
-    for processor, _sf, callback, _answers in processors:
-        if processor.willAccept(user, group, job, callback):
-            return processor
-    return None
+    """What OMERO.server's ``SharedResourcesI.acquireProcessor`` does: every processor is asked (each
+    hears willAccept, and each that says yes reserves), the first yes wins; None when none says yes (the
+    user then gets NoProcessorAvailable)."""
+    answers = [processor.willAccept(user, group, job, callback) for processor, _sf, callback, _ in processors]
+    return next((p for (p, *_), yes in zip(processors, answers) if yes), None)
 
 
 def _run_script(job_id: int, flag: Path, seen: Path) -> str:
@@ -568,9 +593,8 @@ def test_several_nodes_release_reservations_of_jobs_that_ran_elsewhere(make_proc
     for job_id in (1, 2):
         scripts.add_script(job_id, 101, "/Deep_Learning/", "Segment_Nuclei.py", _run_script(job_id, flag, seen))
 
-    # both nodes are asked about job 1 (every processor hears willAccept); both reserve; node 1 runs it
-    assert gpu1[0].willAccept(None, None, _script_job(1), gpu1[2]) is True
-    assert gpu2[0].willAccept(None, None, _script_job(1), gpu2[2]) is True
+    # both nodes are asked about job 1 and both reserve; node 1 answered first and runs it
+    assert _server_acquires([gpu1, gpu2], _script_job(1)) is gpu1[0]
     assert gpu2[0].policy.slots.in_use() == 1  # reserved for a job it will not get
     _prx, process = _process_job(gpu1[0], adapter, 1)
     assert statuses[1] == "Running"
@@ -578,6 +602,7 @@ def test_several_nodes_release_reservations_of_jobs_that_ran_elsewhere(make_proc
     # job 2: node 1 is busy, node 2 sees job 1 running elsewhere, frees the slot and takes job 2
     assert _server_acquires([gpu1, gpu2], _script_job(2)) is gpu2[0]
     assert gpu2[0].policy.slots.reserved_gpu(1) is None and gpu2[0].policy.slots.reserved_gpu(2) == "0"
+    assert gpu1[0].policy.slots.unclaimed() == []  # node 1's running job 1 is its own: never swept
     flag.touch()
     assert process.wait() == 0
 
@@ -607,7 +632,6 @@ def test_busy_node_queues_the_job_and_starts_it_when_a_slot_frees(make_processor
     assert seen2.read_text() == "5"  # it got the GPU the first job freed
     second_done.touch()
     assert second.wait() == 0
-    assert sf.statuses[2] == "Running" or sf.statuses[2] in ("Finished", "Error")
     assert processor.policy.slots.in_use() == 0
 
 
@@ -621,11 +645,20 @@ def test_cancelling_a_queued_job_ends_it_without_running_the_script(make_process
     _prx, first = _process_job(processor, adapter, 1)
     assert processor.willAccept(None, None, _script_job(2), callback) is True
     _prx, queued = _process_job(processor, adapter, 2)
+    assert queued.poll() is None  # waiting: "not finished", as for a running script
     queued.cancel()
-    assert queued.wait() is not None
-    assert not seen2.exists()  # the script never ran
+    assert queued.wait() in (0, -15)  # the stand-in script ran; cancel() may have TERMinated it, as omero-py does
+    assert queued.command()[-1] == CANCELLED_WHILE_QUEUED and not seen2.exists()  # the real one never ran
     assert queued.final_status == "Cancelled"
     assert processor.policy.slots.queued() == [] and processor.policy.slots.in_use() == 1
+
+    # a job cancelled in OMERO (JobHandle.cancelJob sets its status) stops waiting too
+    sf.scripts.add_script(3, 103, "/Deep_Learning/", "Run_Model.py", _run_script(3, done, tmp_path / "seen3"))
+    assert processor.willAccept(None, None, _script_job(3), callback) is True
+    _prx, in_omero = _process_job(processor, adapter, 3)
+    sf.statuses[3] = "Cancelled"
+    assert in_omero.wait() == 0 and in_omero.command()[-1] == CANCELLED_WHILE_QUEUED
+    assert not (tmp_path / "seen3").exists()
     done.touch()
     assert first.wait() == 0
 

@@ -91,8 +91,8 @@ class Verdict:
 @dataclass
 class _Slot:
     gpu: str
-    deadline: float | None  # reservation expiry; None once the job runs
-    alive: Callable[[], bool] | None = None
+    deadline: float | None  # expiry of a reservation made at willAccept; None once the job is here (claimed)
+    alive: Callable[[], bool] | None = None  # set when the job's process started
 
 
 @dataclass
@@ -104,11 +104,13 @@ class GpuSlots:
     """Thread-safe count of deep-learning jobs per GPU on one node, with a queue for busy times.
 
     A job holds a *slot* (reserved at ``willAccept``, running once its process starts) or a *place in
-    the queue*.  A place taken at ``willAccept`` is *unclaimed* until the job arrives here
-    (:meth:`claim`); an unclaimed reservation or place expires after ``reservation_ttl`` (another
-    processor may have won the job) unless released earlier (:meth:`release`, once the processor has
-    seen the job running elsewhere).  Claimed jobs get free slots in the order they were queued, and a
-    new job does not take a slot while a claimed job waits.
+    the queue*.  A slot or place taken at ``willAccept`` is *unclaimed* until the job arrives here
+    (``claimed=True`` in :meth:`reserve` or :meth:`enqueue`); an unclaimed one expires after
+    ``reservation_ttl`` (another processor may have won the job) unless released earlier
+    (:meth:`release`, once the processor has seen the job running elsewhere).  A claimed slot never
+    expires and is never listed by :meth:`unclaimed`: it is freed when its process ends or by
+    :meth:`release`.  Claimed jobs get free slots in the order they were queued, and a new job does not
+    take a slot while a claimed job waits.
 
     Parameters
     ----------
@@ -158,7 +160,7 @@ class GpuSlots:
             if slot.deadline is not None and now >= slot.deadline:
                 logger.info("job %s: reservation on GPU %s expired (another processor ran it)", job_id, slot.gpu)
                 del self._jobs[job_id]
-            elif slot.alive is not None and not slot.alive():
+            elif slot.alive is not None and not slot.alive():  # a claimed slot without process waits for one
                 logger.info("job %s: finished, GPU %s slot freed", job_id, slot.gpu)
                 del self._jobs[job_id]
         for job_id, place in list(self._queue.items()):
@@ -196,22 +198,24 @@ class GpuSlots:
             self._prune()
             return list(self._queue)
 
-    def reserve(self, job_id: int) -> str | None:
+    def reserve(self, job_id: int, *, claimed: bool = False) -> str | None:
         """Reserve a slot for a job; the least loaded GPU, or None when every slot is taken or a claimed
-        job is waiting for one.
+        job is waiting for one.  ``claimed=True``: the job is here (its slot does not expire).
 
-        Reserving again for a job that holds a slot returns the same GPU.
+        Reserving again for a job that holds a slot returns the same GPU (and claims it if asked).
         """
         with self._lock:
             self._prune()
             held = self._jobs.get(job_id)
             if held is not None:
+                if claimed:
+                    held.deadline = None
                 return held.gpu
             gpu = self._free_gpu()
             if gpu is None or self._claimed_waiting():
                 return None
             self._queue.pop(job_id, None)
-            self._jobs[job_id] = _Slot(gpu, self._clock() + self.reservation_ttl)
+            self._jobs[job_id] = _Slot(gpu, None if claimed else self._clock() + self.reservation_ttl)
             return gpu
 
     def enqueue(self, job_id: int, *, claimed: bool = False) -> int | None:
@@ -260,7 +264,7 @@ class GpuSlots:
                 gpu = self._free_gpu()
                 if gpu is not None and waiting and waiting[0] == job_id:
                     del self._queue[job_id]
-                    self._jobs[job_id] = _Slot(gpu, self._clock() + self.reservation_ttl)
+                    self._jobs[job_id] = _Slot(gpu, None)  # claimed: the job is here
                     self._changed.notify_all()
                     return gpu
                 self._changed.wait(poll_s)
@@ -279,7 +283,10 @@ class GpuSlots:
             return slot.gpu if slot else None
 
     def start(self, job_id: int, alive: Callable[[], bool]) -> None:
-        """Turn a job's reservation into a running slot, held while ``alive()`` is true."""
+        """Turn a job's reservation into a running slot, held while ``alive()`` is true.
+
+        ``alive`` is called under the slots' lock: it must not block (read the process's state, do not
+        take its locks)."""
         with self._lock:
             slot = self._jobs.get(job_id)
             if slot is None:

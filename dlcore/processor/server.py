@@ -25,23 +25,25 @@ import omero
 import omero.constants
 import omero.grid
 import omero.model
+import omero.rtypes
 from omero.processor import ProcessorI, WithGroup
 from omero.util.decorators import remoted
 
 from dlcore.config import ProcessorConfig, load_config
 from dlcore.errors import DlcoreError
 from dlcore.gpus import detect_gpus
-from dlcore.processor.policy import DlJobPolicy, GpuSlots, is_dl_script
+from dlcore.processor.policy import DlJobPolicy, is_dl_script
 
 logger = logging.getLogger(__name__)
 
 
 def _process_alive(process) -> bool:
-    """Whether a ProcessI's script is still running (reaps it without disturbing ProcessI)."""
+    """Whether a ProcessI's script is still running (reaps it without disturbing ProcessI).
+
+    Reads the process's fields without its lock: ``ProcessI.deactivate`` holds that lock while it
+    uploads the output, and the slots call this under their own lock."""
     popen = process.popen
-    if popen is None:
-        return process.wasActivated() and process.rcode is None and process.stopped is None
-    return popen.poll() is None
+    return popen is not None and popen.poll() is None
 
 
 def _with_gpu(process_class: type, gpu: str) -> type:
@@ -65,15 +67,19 @@ TAKEN_STATUSES = frozenset({
 CANCELLED_WHILE_QUEUED = "print('dlcore: the job was cancelled while it waited for a GPU slot')"
 
 
-def _queued(process_class: type, slots: GpuSlots, job_id: int, sweep) -> type:
+def _queued(process_class: type, processor: "DlcoreProcessorI", job_id: int, group_id: int | None) -> type:
     """A subclass of ``process_class`` that starts its script only once job ``job_id`` has a GPU slot.
 
     ``activate`` (called by ``ProcessorI.process``) returns at once; a thread waits for the slot
     (:meth:`GpuSlots.wait_for_slot`), sets ``CUDA_VISIBLE_DEVICES`` and starts the script, then holds
-    the slot while it runs.  While it waits, ``poll`` answers "not finished" as for a running script;
-    ``wait`` waits for the start and then for the script; ``cancel``/``kill`` stop the wait and run a
-    one-line script in its place, so omero-py's usual end (job status Cancelled, stdout uploaded) follows.
+    the slot while it runs.  While it waits, ``poll`` answers "not finished" as for a running script
+    (``alreadyDone`` is False; omero-py's own check of activation is not relied on); ``wait`` waits for
+    the start and then for the script.  ``cancel``/``kill``, the processor's ``cleanup``, or the job
+    being cancelled in OMERO (its status, checked while waiting) stop the wait and run a one-line script
+    in its place, so omero-py's usual end follows (job status Cancelled, stdout uploaded).  A start that
+    fails likewise ends with a one-line script that prints why (job status Error).
     """
+    slots = processor.policy.slots
 
     class QueuedProcess(process_class):
         def activate(self) -> None:
@@ -83,8 +89,14 @@ def _queued(process_class: type, slots: GpuSlots, job_id: int, sweep) -> type:
             self.status("Queued for a GPU slot")
             threading.Thread(target=self._start_when_slot_free, name=f"dlcore-queue-{job_id}", daemon=True).start()
 
+        def _sweep(self) -> None:
+            processor.release_jobs_taken_elsewhere()
+            if processor.job_status(job_id, group_id) in (omero.constants.jobs.CANCELLED, omero.constants.jobs.ERRORX):
+                self.final_status = "Cancelled"
+                self._dl_cancelled.set()
+
         def _start_when_slot_free(self) -> None:
-            gpu = slots.wait_for_slot(job_id, self._dl_cancelled, sweep=sweep)
+            gpu = slots.wait_for_slot(job_id, self._dl_cancelled, sweep=self._sweep)
             try:
                 if gpu is None:
                     self._dl_command = [self.interpreter, "-c", CANCELLED_WHILE_QUEUED]
@@ -94,14 +106,31 @@ def _queued(process_class: type, slots: GpuSlots, job_id: int, sweep) -> type:
                 if gpu is not None:
                     slots.start(job_id, lambda: _process_alive(self))
                     self.logger.info("job %s left the queue: running on GPU %s (pid %s)", job_id, gpu, self.pid)
-            except Exception:
+            except Exception as exc:
                 self.logger.exception("job %s: could not start after waiting for a GPU slot", job_id)
                 slots.release(job_id)
+                self._fail(f"dlcore: the job could not start after waiting for a GPU slot: {exc}")
             finally:
                 self._dl_started.set()
 
+        def _fail(self, message: str) -> None:
+            """End the job through omero-py's usual path with a script that prints ``message``."""
+            self.final_status = "Error"
+            self._dl_command = [self.interpreter, "-c", f"import sys; sys.exit({message!r})"]
+            try:
+                if self.popen is None:
+                    process_class.activate(self)
+            except Exception:  # nothing can run: mark it finished so nothing waits for it
+                self.logger.exception("job %s: the replacement script did not start either", job_id)
+                self.rcode = 1
+
         def command(self):
             return self._dl_command or process_class.command(self)
+
+        def alreadyDone(self):
+            if not self._dl_started.is_set():
+                return False
+            return process_class.alreadyDone(self)
 
         def _stop_waiting(self) -> None:
             if not self._dl_started.is_set():
@@ -120,6 +149,10 @@ def _queued(process_class: type, slots: GpuSlots, job_id: int, sweep) -> type:
         def kill(self, current=None):
             self._stop_waiting()
             return process_class.kill(self, current)
+
+        def cleanup(self):
+            self._stop_waiting()
+            return process_class.cleanup(self)
 
     QueuedProcess.__name__ = f"{process_class.__name__}QueuedForGpu"
     return QueuedProcess
@@ -200,17 +233,18 @@ class DlcoreProcessorI(ProcessorI):
         self._answer(cb, valid)
         return valid
 
-    def job_status(self, job_id: int) -> str | None:
-        """A job's status (``Submitted``, ``Running``, ...) read through the internal session in the
-        job's group (as omero-py's ``lookup`` reads the job); None when it cannot be read."""
-        group = self._job_groups.get(job_id)
+    def job_status(self, job_id: int, group_id: int | None = None) -> str | None:
+        """A job's status (``Waiting``, ``Running``, ...) read through the internal session in the
+        job's group (as omero-py's ``lookup`` reads the job: ``JobHandle.attach`` returns the
+        ``JobStatus``); None when it cannot be read."""
+        group = group_id if group_id is not None else self._job_groups.get(job_id)
         if group is None:
             return None
         try:
             handle = WithGroup(self.internal_session().createJobHandle(), group)
             try:
-                handle.attach(job_id)
-                return handle.getStatus()
+                status = handle.attach(job_id)
+                return omero.rtypes.unwrap(status.getValue()) if status is not None else None
             finally:
                 handle.close()
         except Exception as exc:  # a job we cannot read keeps its reservation until it expires
@@ -225,6 +259,7 @@ class DlcoreProcessorI(ProcessorI):
             status = self.job_status(job_id)
             if status in TAKEN_STATUSES:
                 self.policy.slots.release(job_id)
+                self._job_groups.pop(job_id, None)
                 released.append(job_id)
                 self.logger.info("job %s is %s elsewhere: its reservation here is released", job_id, status)
         return released
@@ -246,11 +281,14 @@ class DlcoreProcessorI(ProcessorI):
         is_run = job_id is not None and params is not None
         if not is_run or not slots.gpu_ids or not self._is_dl_job(job):
             return ProcessorI.process(self, client, session, job, current, params, properties, iskill)
-        gpu = slots.reserved_gpu(job_id) or slots.reserve(job_id)
+        group_id = self._job_groups.pop(job_id, None)
+        if group_id is None and job.details is not None and job.details.group is not None:
+            group_id = job.details.group.id.val
+        gpu = slots.reserve(job_id, claimed=True)  # the job is here: its slot no longer expires
         if gpu is None:
             position = slots.enqueue(job_id, claimed=True)
             self.logger.info("job %s: all GPU slots busy, waiting at queue position %s", job_id, position)
-            self._launch.queued = job_id
+            self._launch.queued = (job_id, group_id)
         self._launch.gpu = gpu
         try:
             prx, process = ProcessorI.process(self, client, session, job, current, params, properties, iskill)
@@ -274,7 +312,7 @@ class DlcoreProcessorI(ProcessorI):
         if gpu is not None:
             process_class = _with_gpu(process_class, gpu)
         elif queued is not None:
-            process_class = _queued(process_class, self.policy.slots, queued, self.release_jobs_taken_elsewhere)
+            process_class = _queued(process_class, self, *queued)
         return launcher, process_class
 
 
