@@ -7,7 +7,11 @@ read first, only ``predict`` timed).  Figures:
 
 - seconds per gigapixel of tissue (working resolution), end to end and task alone;
 - pipeline efficiency = task-alone time / end-to-end time (1.0 = reading and writing fully hidden);
-- peak RSS of the end-to-end run; a stage breakdown.
+  with worker processes the end-to-end run can be faster than the task alone on one core (> 1);
+- peak RSS of the end-to-end run: the main process, the largest worker, and their sum bound
+  (main + workers x largest worker); a stage breakdown.
+
+``--workers 1 2 4`` repeats the end-to-end run with each worker count (the scaling figures).
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of a synthetic slide covered by tissue")
     p.add_argument("--skip-task-alone", action="store_true",
                    help="only the end-to-end run (memory figures on big slides); no efficiency")
+    p.add_argument("--workers", nargs="*", type=int, default=[],
+                   help="worker process counts to run end to end (default: the configuration's)")
 
 
 def _slide_for(size: int, cache: Path, tissue_fraction: float = 0.55) -> Path:
@@ -52,7 +58,8 @@ def _slide_for(size: int, cache: Path, tissue_fraction: float = 0.55) -> Path:
     return path
 
 
-def measure(slide_path: Path, task_name: str, params: dict, *, task_alone: bool = True) -> dict:
+def measure(slide_path: Path, task_name: str, params: dict, *, task_alone: bool = True,
+            workers: int | None = None) -> dict:
     """Run the benchmark in this process (call it in a fresh process for a clean peak-RSS figure)."""
     from dlcore.config import load_config
     from dlcore.io import open_slide
@@ -66,9 +73,12 @@ def measure(slide_path: Path, task_name: str, params: dict, *, task_alone: bool 
     out = Path(tempfile.mkdtemp(prefix="dlcore-bench-out-"))
     slide = open_slide(slide_path)
     start = time.perf_counter()
-    result = analyse_slide(slide, task, LocalFolderSink(out), options=RunOptions(reader_threads=config.reader_threads))
+    result = analyse_slide(slide, task, LocalFolderSink(out),
+                           options=RunOptions(reader_threads=config.reader_threads, workers=workers))
     e2e = time.perf_counter() - start
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    n_workers = result.provenance["timings"].get("workers", 0)
     plan = plan_resolution(slide.info, task.mpp)
     width, height = plan.working_size(slide.info)
     alone = _task_alone_seconds(slide, task, plan, (width, height)) if task_alone else None
@@ -86,6 +96,8 @@ def measure(slide_path: Path, task_name: str, params: dict, *, task_alone: bool 
         "s_per_gpx_tissue": round(e2e / tissue_gpx, 1),
         "task_s_per_gpx_tissue": None if alone is None else round(alone / tissue_gpx, 1),
         "pipeline_efficiency": None if alone is None else round(alone / e2e, 3), "peak_rss_mb": round(peak_rss_mb, 1),
+        "workers": n_workers, "worker_peak_rss_mb": round(worker_rss_mb, 1),
+        "total_rss_bound_mb": round(peak_rss_mb + n_workers * worker_rss_mb, 1),
         "output_mb": round(size_bytes / 1e6, 1), "stages": result.provenance["timings"],
     }
 
@@ -118,25 +130,29 @@ def main(args) -> int:
     params = _param_pairs(args.param)
     rows = []
     for slide in [*(_slide_for(size, args.cache, args.tissue_fraction) for size in args.sizes), *args.slides]:
-        print(f"benchmarking {args.task} on {slide.name} ...", flush=True)
-        child = subprocess.run(
-            [sys.executable, "-m", "dlcore.benchmark", str(slide), args.task, json.dumps(params),
-             "skip" if args.skip_task_alone else "full"],
-            capture_output=True, text=True,
-        )
-        if child.returncode != 0:
-            print(child.stderr, file=sys.stderr)
-            return 1
-        row = json.loads(child.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        print(json.dumps(row, indent=1))
+        for index, workers in enumerate(args.workers or [None]):
+            print(f"benchmarking {args.task} on {slide.name} (workers: {workers or 'configured'}) ...", flush=True)
+            alone = "skip" if args.skip_task_alone or index > 0 else "full"
+            child = subprocess.run(
+                [sys.executable, "-m", "dlcore.benchmark", str(slide), args.task, json.dumps(params), alone,
+                 json.dumps(workers)],
+                capture_output=True, text=True,
+            )
+            if child.returncode != 0:
+                print(child.stderr, file=sys.stderr)
+                return 1
+            row = json.loads(child.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(json.dumps(row, indent=1))
     machine = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
                "processor": _cpu_name()}
-    print("\n| slide | tissue Gpx | tiles | objects | end-to-end s | s/Gpx tissue | task-alone s/Gpx | efficiency | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| slide | workers | tissue Gpx | tiles | objects | end-to-end s | s/Gpx tissue | task-alone s/Gpx | "
+          "efficiency | peak RSS MB (main / worker / bound) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['slide']} | {r['tissue_gigapixels']} | {r['tiles']} | {r['objects']} | {r['end_to_end_s']} | "
-              f"{r['s_per_gpx_tissue']} | {r['task_s_per_gpx_tissue']} | {r['pipeline_efficiency']} | {r['peak_rss_mb']} |")
+        print(f"| {r['slide']} | {r['workers']} | {r['tissue_gigapixels']} | {r['tiles']} | {r['objects']} | "
+              f"{r['end_to_end_s']} | {r['s_per_gpx_tissue']} | {r['task_s_per_gpx_tissue']} | {r['pipeline_efficiency']} | "
+              f"{r['peak_rss_mb']} / {r['worker_peak_rss_mb']} / {r['total_rss_bound_mb']} |")
     print(f"\nmachine: {machine}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "task": args.task, "results": rows}, indent=2))
@@ -154,4 +170,5 @@ def _cpu_name() -> str:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), task_alone=sys.argv[4] == "full")))
+    print(json.dumps(measure(Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), task_alone=sys.argv[4] == "full",
+                             workers=json.loads(sys.argv[5]) if len(sys.argv) > 5 else None)))

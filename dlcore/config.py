@@ -15,6 +15,8 @@ With none, the defaults below apply.  The file is TOML::
     device = "auto"                     # auto | cpu | cuda | cuda:N
     batch_size = 8                      # tiles per inference batch
     reader_threads = 2                  # tile prefetch threads
+    workers = 0                         # worker processes for the tiles' CPU work (0: from the cores)
+    torch_threads = 0                   # torch CPU threads for a model on the CPU (0: half the cores)
     roi_cap = 5000                      # most ROIs written to OMERO per image and run
     work_dir = ""                       # scratch space ("" = system temp)
 
@@ -68,6 +70,8 @@ class Config:
     device: str = "auto"
     batch_size: int = 8
     reader_threads: int = 2
+    workers: int = 0
+    torch_threads: int = 0
     roi_cap: int = 5000
     work_dir: Path | None = None
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
@@ -97,6 +101,9 @@ class Config:
         for name in ("batch_size", "reader_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}{where} must be at least 1")
+        for name in ("workers", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)}{where} must be 0 (decided from the cores) or more")
         if self.roi_cap < 0:
             raise ConfigError(f"roi_cap={self.roi_cap}{where} must be 0 (no ROIs) or more")
         if self.processor.gpu_slots_per_gpu < 1:

@@ -110,7 +110,9 @@ def measure_object(
 def object_record(
     *,
     object_id: int,
-    mask: np.ndarray,
+    mask: np.ndarray | None = None,
+    mask_shape: tuple[int, int] | None = None,
+    polygon: np.ndarray | None = None,
     origin: tuple[int, int],
     factor: float,
     mpp: float | None,
@@ -123,13 +125,16 @@ def object_record(
     """An :class:`ObjectRecord` from measurements already made (``centroid``: mean (x, y) pixel index
     within ``mask``); adds the outline and perimeter and converts to level-0 coordinates.
 
+    Give either ``mask`` (the outline is traced from it) or its ``mask_shape`` with the ``polygon``
+    :func:`outline` returned for it (traced elsewhere, e.g. in a worker process).
+
     ``bounds`` is the image's level-0 (width, height).  A working pixel at the image's last row or
     column can reach past it by a fraction of a level-0 pixel when the working size was rounded;
     with ``bounds`` the outline, bounding box and centroid are clipped to the image.
     """
     ox, oy = origin
-    h, w = mask.shape
-    poly = outline(mask)
+    h, w = mask.shape if mask is not None else mask_shape
+    poly = outline(mask) if polygon is None else np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
     if len(poly) >= 2:
         closed = np.vstack([poly, poly[:1]])
         perimeter = float(np.hypot(*np.diff(closed, axis=0).T).sum())

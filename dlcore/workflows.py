@@ -29,7 +29,10 @@ from dlcore.io.slide import ResolutionPlan, Slide, SlideInfo, plan_resolution, r
 from dlcore.overview import render_overview
 from dlcore.tasks.base import Task
 from dlcore.progress import ProgressCallback
+from dlcore.cores import CoreShare, share_cores
 from dlcore.tiling.engine import run_tiles
+from dlcore.tiling.pool import PredictOne, TileWork, WorkerPool
+from dlcore.tiling.tile_objects import TileObjects
 from dlcore.tiling.grid import GridSpec, make_grid
 from dlcore.tiling.stitch import InstanceStitcher, SemanticStitcher
 from dlcore.tiling.tissue import TissueMask, thumbnail, tissue_mask_from_thumbnail
@@ -48,7 +51,9 @@ class RunOptions:
     reader_threads: tile prefetch threads.
     calibration_samples: windows sampled on tissue for the task's slide-wide calibration.
     work_dir: scratch space for the label canvas (None = system temp).
-    task_process: run tasks that ask for it (``runs_in_process``) in a worker process.
+    workers: worker processes for the tiles' CPU-bound work (:mod:`dlcore.tiling.pool`); None: the
+        configuration's ``workers``, 0 there meaning the rule of :mod:`dlcore.cores`; 0 here: inline.
+    torch_threads: torch's CPU threads for a model on the CPU; None: as ``workers``.
     """
 
     mpp: float | None = None
@@ -57,7 +62,8 @@ class RunOptions:
     calibration_samples: int = 8
     calibration_size: int = 512
     work_dir: Path | None = None
-    task_process: bool = True
+    workers: int | None = None
+    torch_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -167,18 +173,25 @@ def analyse_slide(
     try:
         sink.begin(context)
 
-        def consume(tile, window, prediction) -> None:
+        def consume(tile, window, result) -> None:
             nonlocal n_objects
-            records = stitcher.add(tile, window, prediction)
+            if isinstance(result, TileObjects):
+                records = stitcher.add_objects(tile, window, result)
+            else:
+                records = stitcher.add(tile, window, result)
             if records:
                 n_objects += len(records)
                 sink.add_objects(records)
 
         log.info("%s: %d tiles of %d px (+%d halo) at %s", info.name, len(tiles), task.tile_size, task.halo,
                  f"{plan.working_mpp:.3f} µm/px" if plan.working_mpp else "native resolution")
-        with _predictor(task, options) as predict:
+        infer, work = tile_work(task, stitcher, canvas)
+        share = core_share(task, work, options)
+        log.info("%s: %d worker process(es), %d torch thread(s) of %d core(s)", info.name, share.workers,
+                 share.torch_threads, share.cores)
+        with WorkerPool(work, share.workers) as pool:
             times = run_tiles(
-                slide, plan, tiles, predict=predict, consume=consume, batch_size=task.batch_size,
+                slide, plan, tiles, infer=infer, pool=pool, consume=consume, batch_size=task.batch_size,
                 reader_threads=options.reader_threads, progress=progress,
             )
         t0 = time.perf_counter()
@@ -208,16 +221,46 @@ def analyse_slide(
     return RunResult(summary=summary, outputs=outputs, provenance=provenance)
 
 
-def _predictor(task: Task, options: RunOptions):
-    """A context manager giving the task's ``predict``: in a worker process for CPU-bound Python tasks
-    that ask for it (``runs_in_process``), see :mod:`dlcore.tiling.worker`."""
-    import contextlib
+def tile_work(task: Task, stitcher, canvas: LabelCanvas) -> tuple:
+    """``(infer, work)``: what the main process runs on a batch of windows, and the per-tile
+    :class:`~dlcore.tiling.pool.TileWork` for the workers.
 
-    if options.task_process and getattr(task, "runs_in_process", False):
-        from dlcore.tiling.worker import ProcessPredictor
+    A task with ``split_for_workers()`` infers in the main process and post-processes in the workers;
+    one with ``runs_in_process`` runs whole in the workers; any other predicts in the main process.
+    With the engine's :class:`InstanceStitcher`, the workers also find, measure and outline each tile's
+    objects."""
+    split = getattr(task, "split_for_workers", None)
+    if split is not None:
+        infer, postprocess = split()
+    elif getattr(task, "runs_in_process", False):
+        infer, postprocess = (lambda windows: [None] * len(windows)), PredictOne(task)
+    else:
+        infer, postprocess = task.predict, None
+    find = isinstance(stitcher, InstanceStitcher)
+    work = TileWork(postprocess=postprocess, find_objects=find, canvas_size=(canvas.width, canvas.height),
+                    min_pixels=stitcher.min_pixels if find else 0, classify=stitcher.classify if find else None)
+    return infer, work
 
-        return ProcessPredictor(task)
-    return contextlib.nullcontext(task.predict)
+
+def core_share(task: Task, work: TileWork, options: RunOptions) -> CoreShare:
+    """The run's workers and torch threads (:func:`dlcore.cores.share_cores`, overridden by ``options``
+    and the configuration); torch's thread count is set when a model runs on the CPU.  A run whose
+    workers would have nothing to do (no post-processing, no objects) runs its tiles inline."""
+    import sys
+
+    from dlcore.config import load_config
+
+    idle = work.postprocess is None and not work.find_objects
+    config = load_config() if options.workers is None or options.torch_threads is None else None
+    workers = options.workers if options.workers is not None else config.workers
+    threads = options.torch_threads if options.torch_threads is not None else config.torch_threads
+    share = share_cores(whole_in_workers=isinstance(work.postprocess, PredictOne),
+                        model_on_gpu=bool(getattr(task, "on_gpu", False)), workers=workers, torch_threads=threads)
+    if idle or options.workers == 0:
+        share = CoreShare(share.cores, 0, share.torch_threads)
+    if "torch" in sys.modules and hasattr(task, "network") and not getattr(task, "on_gpu", False):
+        sys.modules["torch"].set_num_threads(share.torch_threads)
+    return share
 
 
 def _overview_labels(canvas: LabelCanvas, thumb_shape: tuple[int, ...]) -> np.ndarray:

@@ -220,7 +220,7 @@ import omero.rtypes  # noqa: E402
 from omero.rtypes import rstring  # noqa: E402
 from omero_ext.path import path as omero_path  # noqa: E402
 
-from dlcore.processor.server import CANCELLED_WHILE_QUEUED, DlcoreProcessorI  # noqa: E402
+from dlcore.processor.server import CANCELLED_WHILE_QUEUED, DlcoreProcessorI, slot_cores  # noqa: E402
 
 
 class _Remote:
@@ -458,6 +458,7 @@ def test_dl_run_gets_its_gpu_and_frees_the_slot_when_done(make_processor, ice, t
         f"""
         import os, pathlib, time
         pathlib.Path({str(seen)!r}).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
+        pathlib.Path({str(seen)!r} + ".cores").write_text(os.environ.get("DLCORE_CORES", "<unset>"))
         deadline = time.time() + 30
         while not os.path.exists({str(release)!r}) and time.time() < deadline:
             time.sleep(0.05)
@@ -474,6 +475,7 @@ def test_dl_run_gets_its_gpu_and_frees_the_slot_when_done(make_processor, ice, t
             break
         time.sleep(0.05)
     assert seen.read_text() == "3"
+    assert Path(str(seen) + ".cores").read_text() == str(slot_cores(1))  # the slot's share of the node's cores
     assert ("status", "Running") in sf.log
     assert processor.willAccept(None, None, _script_job(2), callback) is False  # slot in use
 
@@ -679,3 +681,9 @@ def test_a_job_whose_reservation_lapsed_still_runs_on_a_gpu(make_processor, ice,
     assert processor.policy.slots.in_use() == 1
     done.touch()
     assert process.wait() == 0
+
+
+def test_each_gpu_slot_gets_its_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("DLCORE_CORES", raising=False)
+    assert (slot_cores(1), slot_cores(2), slot_cores(4), slot_cores(32)) == (16, 8, 4, 1)

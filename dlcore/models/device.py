@@ -47,12 +47,12 @@ class DeviceChoice:
 
 
 def cpu_threads() -> int:
-    """Cores available to this process minus one (at least 1)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    """torch's CPU threads: ``$DLCORE_TORCH_THREADS`` when set (the run's share, see :mod:`dlcore.cores`),
+    else half the cores this run may use (at least 1)."""
+    from dlcore.cores import available_cores
+
+    given = os.environ.get("DLCORE_TORCH_THREADS")
+    return max(1, int(given)) if given and given.isdigit() else max(1, available_cores() // 2)
 
 
 @lru_cache(maxsize=None)

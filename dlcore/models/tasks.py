@@ -69,6 +69,11 @@ class _ModelTask:
     def prepare(self, samples: list[np.ndarray]) -> "_ModelTask":
         return dataclasses.replace(self, network=self.network.fit(samples))
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the network runs on a CUDA device."""
+        return str(self.network.device.name).startswith("cuda")
+
     def probabilities(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         """Per-window ``(C, Y, X)`` probabilities, windows padded to a valid size and cropped back."""
         if not windows:
@@ -134,6 +139,18 @@ class SemanticModelTask(_ModelTask):
 
 
 @dataclass(frozen=True)
+class InstancesFromMaps:
+    """The seeded watershed of :mod:`dlcore.models.instances` as a picklable ``(maps, window) -> labels``."""
+
+    params: dict
+
+    def __call__(self, maps: np.ndarray, window: np.ndarray) -> np.ndarray:
+        from dlcore.models.instances import instances_from_maps
+
+        return instances_from_maps(maps, self.params)
+
+
+@dataclass(frozen=True)
 class InstanceModelTask(_ModelTask):
     """Instance segmentation: network pixel maps, then a seeded watershed (see :mod:`dlcore.models.spec`)."""
 
@@ -142,9 +159,12 @@ class InstanceModelTask(_ModelTask):
     kind = "instances"
 
     def predict(self, windows: list[np.ndarray]) -> list[np.ndarray]:
-        from dlcore.models.instances import instances_from_maps
+        return [InstancesFromMaps(self.postprocess)(p, w) for p, w in zip(self.probabilities(windows), windows)]
 
-        return [instances_from_maps(p, self.postprocess) for p in self.probabilities(windows)]
+    def split_for_workers(self):
+        """``(infer, postprocess)``: the network's maps in the main process (its device), the seeded
+        watershed in the engine's workers (:mod:`dlcore.tiling.pool`)."""
+        return self.probabilities, InstancesFromMaps(self.postprocess)
 
     @property
     def min_object_pixels(self) -> int:

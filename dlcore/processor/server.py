@@ -46,13 +46,22 @@ def _process_alive(process) -> bool:
     return popen is not None and popen.poll() is None
 
 
-def _with_gpu(process_class: type, gpu: str) -> type:
-    """A subclass of ``process_class`` whose script sees only GPU ``gpu``."""
+def slot_cores(slots: int) -> int:
+    """The cores one GPU slot's job may use: this node's cores shared equally between its slots."""
+    from dlcore.cores import available_cores
+
+    return max(1, available_cores() // max(1, slots))
+
+
+def _with_gpu(process_class: type, gpu: str, cores: int) -> type:
+    """A subclass of ``process_class`` whose script sees only GPU ``gpu`` and uses ``cores`` cores
+    (``DLCORE_CORES``, read by :mod:`dlcore.cores`)."""
 
     class GpuProcess(process_class):
         def make_env(self) -> None:
             super().make_env()
             self.env.set("CUDA_VISIBLE_DEVICES", gpu)
+            self.env.set("DLCORE_CORES", str(cores))
 
     GpuProcess.__name__ = f"{process_class.__name__}OnGpu{gpu}"
     return GpuProcess
@@ -102,6 +111,7 @@ def _queued(process_class: type, processor: "DlcoreProcessorI", job_id: int, gro
                     self._dl_command = [self.interpreter, "-c", CANCELLED_WHILE_QUEUED]
                 else:
                     self.env.set("CUDA_VISIBLE_DEVICES", gpu)
+                    self.env.set("DLCORE_CORES", str(slot_cores(slots.capacity)))
                 process_class.activate(self)
                 if gpu is not None:
                     slots.start(job_id, lambda: _process_alive(self))
@@ -310,7 +320,7 @@ class DlcoreProcessorI(ProcessorI):
         gpu = getattr(self._launch, "gpu", None)
         queued = getattr(self._launch, "queued", None)
         if gpu is not None:
-            process_class = _with_gpu(process_class, gpu)
+            process_class = _with_gpu(process_class, gpu, slot_cores(self.policy.slots.capacity))
         elif queued is not None:
             process_class = _queued(process_class, self, *queued)
         return launcher, process_class

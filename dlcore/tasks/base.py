@@ -16,7 +16,11 @@ Optional hooks the workflow uses when a task has them:
 - ``class_colors``: one RGB triple per class, for overviews and outlines;
 - ``classify_object(mask, image) -> str | None``: a class for each segmented object;
 - ``runs_in_process``: True for CPU-bound tasks written in Python-level numpy/scipy, which then run
-  in a worker process so the pipeline's threads do not slow them down (:mod:`dlcore.tiling.worker`);
+  whole in the engine's worker processes, one tile per worker at a time (:mod:`dlcore.tiling.pool`);
+- ``split_for_workers() -> (infer, postprocess)``: a task whose ``predict`` is a model then CPU work
+  (a watershed): ``infer(windows)`` runs in the main process on the model's device and
+  ``postprocess(raw, window) -> labels`` (picklable) in the workers;
+- ``on_gpu``: True when the task's model runs on a GPU (the workers then get the other cores);
 - ``min_object_pixels``: the smallest object an instance task keeps; the stitcher applies it again to
   objects it had to trim where they overlap a neighbouring tile's object;
 - ``at_resolution(working_mpp) -> Task``: a copy that knows the slide's working pixel size in µm (or

@@ -1,14 +1,18 @@
 """Streaming execution of a task over a tile grid.
 
-Three stages run at once so reading and writing hide behind compute:
+Four stages run at once so that reading, post-processing and writing hide behind compute:
 
 - reader threads fetch tile windows (working resolution, halo included), at most ``prefetch``
   batches ahead of the model;
-- the calling thread runs the task on batches;
-- one writer thread stitches each prediction and hands finished objects to the sink.
+- the calling thread runs the task's ``infer`` on batches (the model on its device; nothing for a
+  task that runs whole in the workers);
+- the worker pool (:mod:`dlcore.tiling.pool`) does each tile's CPU-bound work: the classical
+  pipeline or the watershed, and finding, measuring and outlining the tile's objects;
+- one writer thread takes the workers' results in grid order, stitches them and hands finished
+  objects to the sink.
 
-Queues between the stages are bounded, so memory holds a few batches, never the slide.  An error in
-any stage stops the others and is raised in the caller.
+Queues between the stages are bounded (a few tiles per worker), so memory holds a few batches,
+never the slide.  An error in any stage stops the others and is raised in the caller.
 """
 from __future__ import annotations
 
@@ -24,24 +28,30 @@ import numpy as np
 from dlcore.io.slide import ResolutionPlan, Slide, read_working
 from dlcore.progress import ProgressCallback
 from dlcore.tiling.grid import Tile
+from dlcore.tiling.pool import WorkerPool
 
 _DONE = object()
 
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage (reader and writer seconds overlap the task's)."""
+    """Seconds spent per stage, summed over threads and workers (they overlap each other and the wall)."""
 
     read: float = 0.0
-    task: float = 0.0
+    task: float = 0.0  # the main process's infer (the model)
+    post: float = 0.0  # the workers' per-tile work, summed over workers
+    wait: float = 0.0  # the writer waiting for a worker's result
     write: float = 0.0
     wall: float = 0.0
     tiles: int = 0
     pixels: int = 0
+    workers: int = 0
 
     def as_dict(self) -> dict[str, float]:
-        return {"read_s": round(self.read, 3), "task_s": round(self.task, 3), "stitch_write_s": round(self.write, 3),
-                "tiles_wall_s": round(self.wall, 3), "tiles": self.tiles, "core_pixels": self.pixels}
+        return {"read_s": round(self.read, 3), "task_s": round(self.task, 3), "worker_s": round(self.post, 3),
+                "writer_wait_s": round(self.wait, 3), "stitch_write_s": round(self.write, 3),
+                "tiles_wall_s": round(self.wall, 3), "tiles": self.tiles, "core_pixels": self.pixels,
+                "workers": self.workers}
 
 
 def read_window(slide: Slide, plan: ResolutionPlan, tile: Tile) -> np.ndarray:
@@ -55,23 +65,26 @@ def run_tiles(
     plan: ResolutionPlan,
     tiles: Sequence[Tile],
     *,
-    predict: Callable[[list[np.ndarray]], list[np.ndarray]],
-    consume: Callable[[Tile, np.ndarray, np.ndarray], None],
+    infer: Callable[[list[np.ndarray]], list],
+    pool: WorkerPool,
+    consume: Callable[[Tile, np.ndarray, object], None],
     batch_size: int = 1,
     reader_threads: int = 2,
     prefetch: int = 2,
     progress: ProgressCallback | None = None,
 ) -> StageTimes:
-    """Run ``predict`` over every tile and pass each result to ``consume`` (in the writer thread).
+    """Run ``infer`` over every tile, the pool's work on each result, and pass the work's result to
+    ``consume`` (in the writer thread).
 
-    ``consume(tile, window, prediction)`` is called once per tile, in grid order.
-    Returns the per-stage times.
+    ``consume(tile, window, result)`` is called once per tile, in grid order, whatever the number of
+    workers.  Returns the per-stage times.
     """
-    times = StageTimes()
+    times = StageTimes(workers=pool.workers)
     lock = threading.Lock()
     stop = threading.Event()
     batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
-    write_queue: queue.Queue = queue.Queue(maxsize=max(2, prefetch))
+    in_flight = max(2, -(-2 * max(pool.workers, 1) // batch_size))  # batches: about two tiles per worker
+    write_queue: queue.Queue = queue.Queue(maxsize=max(in_flight, prefetch))
     errors: list[BaseException] = []
 
     def timed_read(tile: Tile) -> np.ndarray:
@@ -88,16 +101,22 @@ def run_tiles(
             if item is _DONE:
                 return
             if errors:
+                for _, _, future in item:
+                    future.cancel()
                 continue  # drain so the producer never blocks
-            start = time.perf_counter()
             try:
-                for tile, window, prediction in item:
-                    consume(tile, window, prediction)
+                for tile, window, future in item:
+                    start = time.perf_counter()
+                    result, seconds = future.result()
+                    times.wait += time.perf_counter() - start
+                    times.post += seconds
+                    start = time.perf_counter()
+                    consume(tile, window, result)
+                    times.write += time.perf_counter() - start
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                 errors.append(exc)
                 stop.set()
                 continue
-            times.write += time.perf_counter() - start
             done += len(item)
             if progress:
                 progress("tiles", done, len(tiles))
@@ -105,23 +124,24 @@ def run_tiles(
     wall_start = time.perf_counter()
     writer_thread = threading.Thread(target=writer, name="dlcore-writer", daemon=True)
     writer_thread.start()
-    pool = ThreadPoolExecutor(max_workers=reader_threads, thread_name_prefix="dlcore-reader")
+    readers = ThreadPoolExecutor(max_workers=reader_threads, thread_name_prefix="dlcore-reader")
     pending: list = []
     try:
-        pending = [[pool.submit(timed_read, t) for t in batch] for batch in batches[:prefetch + 1]]
+        pending = [[readers.submit(timed_read, t) for t in batch] for batch in batches[:prefetch + 1]]
         for index, batch in enumerate(batches):
             if stop.is_set():
                 break
             windows = [f.result() for f in pending.pop(0)]
             nxt = index + prefetch + 1
             if nxt < len(batches):
-                pending.append([pool.submit(timed_read, t) for t in batches[nxt]])
+                pending.append([readers.submit(timed_read, t) for t in batches[nxt]])
             start = time.perf_counter()
-            predictions = predict(windows)
+            raws = infer(windows)
             times.task += time.perf_counter() - start
             times.tiles += len(batch)
             times.pixels += sum(t.width * t.height for t in batch)
-            write_queue.put(list(zip(batch, windows, predictions)))
+            futures = [pool.submit(tile, window, raw) for tile, window, raw in zip(batch, windows, raws)]
+            write_queue.put(list(zip(batch, windows, futures)))
     except BaseException:
         stop.set()
         raise
@@ -129,7 +149,7 @@ def run_tiles(
         for futures in pending:
             for f in futures:
                 f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        readers.shutdown(wait=True, cancel_futures=True)
         write_queue.put(_DONE)
         writer_thread.join()
     if errors:

@@ -31,12 +31,14 @@ from dlcore.errors import InvariantError
 from dlcore.io.labels import LabelCanvas
 from dlcore.objects import ObjectRecord, measure_object, object_record
 from dlcore.tiling.grid import Tile
+from dlcore.tiling.tile_objects import TileObjects, clip_to_canvas, find_tile_objects
 
 
 class InstanceStitcher:
     """Turns tile-local instance labels into slide-wide objects on a :class:`LabelCanvas`.
 
-    Not thread-safe: the engine calls :meth:`add` from one writer thread.
+    Not thread-safe: the engine calls :meth:`add_objects` from one writer thread, in grid order; the
+    tile's own work (:meth:`find_objects`) may run anywhere, e.g. in a worker process.
     """
 
     def __init__(
@@ -59,92 +61,70 @@ class InstanceStitcher:
         self.truncated = 0
         self.duplicates = 0
         self.total_area_px = 0
-        self._coords: tuple | None = None  # (window shape, flattened rows, flattened columns)
 
     def add(self, tile: Tile, window: np.ndarray, labels: np.ndarray) -> list[ObjectRecord]:
-        """Stitch one tile: write the objects it owns and return their records.
+        """Stitch one tile from its label map: :func:`find_tile_objects`, then :meth:`add_objects`."""
+        return self.add_objects(tile, window, self.find_objects(tile, window, labels))
 
-        Areas, centroids, mean intensities and overlaps with already-written objects are computed
-        for all objects of the window at once; only owned objects get outlines.
+    def find_objects(self, tile: Tile, window: np.ndarray, labels: np.ndarray) -> TileObjects:
+        """The tile's candidate objects (what a worker process computes; see :mod:`dlcore.tiling.tile_objects`)."""
+        return find_tile_objects(tile, window, labels, canvas_size=(self.canvas.width, self.canvas.height),
+                                 min_pixels=self.min_pixels, classify=self.classify)
+
+    def add_objects(self, tile: Tile, window: np.ndarray, found: TileObjects) -> list[ObjectRecord]:
+        """Write the tile's candidates that are not already on the canvas; their records, with slide-wide ids.
+
+        Must be called in grid order (the ids, and which tile keeps an object two tiles both found,
+        follow it).  A candidate more than half of whose pixels a neighbour's object already holds is a
+        duplicate and dropped; one that overlaps less keeps only its free pixels and is measured,
+        outlined and classified again (dropped if fewer than ``min_pixels`` remain).
         """
-        from scipy import ndimage as ndi
-
+        if found.count == 0:
+            return []
         wx, wy, ww, wh = tile.window
-        labels = self.clip_to_canvas(wx, wy, labels)
         current = self.canvas.read_padded(wx, wy, ww, wh)
-        n = int(labels.max())
-        if n == 0:
-            return []
-        flat = labels.ravel()
-        area = np.bincount(flat, minlength=n + 1)
-        rows, cols = self._coordinates(labels.shape)
-        sum_y = np.bincount(flat, weights=rows, minlength=n + 1)
-        sum_x = np.bincount(flat, weights=cols, minlength=n + 1)
-        channels = window.reshape(-1, window.shape[2])
-        sums = [np.bincount(flat, weights=channels[:, c], minlength=n + 1) for c in range(window.shape[2])]
-        taken = np.bincount(flat[current.ravel() > 0], minlength=n + 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cy, cx = sum_y / area, sum_x / area
-            means = np.stack(sums, axis=1) / area[:, None]
-        # the ownership rule, in slide coordinates (pixel centres at +0.5)
-        owned_ids = np.nonzero(
-            (area > 0) & (wx + cx + 0.5 >= tile.x) & (wx + cx + 0.5 < tile.x + tile.width)
-            & (wy + cy + 0.5 >= tile.y) & (wy + cy + 0.5 < tile.y + tile.height)
-        )[0]
-        owned_ids = owned_ids[(owned_ids > 0) & (area[owned_ids] >= max(self.min_pixels, 1))]  # edge-cut slivers go
-        duplicates = taken[owned_ids] * 2 > area[owned_ids]
+        occupied = current > 0
+        taken = np.bincount(found.owned[occupied].astype(np.intp), minlength=found.count + 1)[1:]
+        duplicates = taken * 2 > found.area
         self.duplicates += int(duplicates.sum())
-        owned_ids = owned_ids[~duplicates]
-        if owned_ids.size == 0:
-            return []
-        slices = ndi.find_objects(labels)
-        out = current.copy()
+        ids = np.zeros(found.count + 1, np.uint32)  # candidate -> slide-wide id (0: not written)
         records: list[ObjectRecord] = []
-        for local_id in owned_ids:
-            sl = slices[local_id - 1]
-            mask = labels[sl] == local_id
-            trimmed = bool(taken[local_id])
-            if trimmed:  # a sliver overlaps a neighbour's object: keep only the free pixels
-                mask &= current[sl] == 0
+        for k in np.nonzero(~duplicates)[0]:
+            sl = found.box_slices(k)
+            origin = (wx + sl[1].start, wy + sl[0].start)
+            object_id = self.next_id
+            if taken[k]:  # a sliver overlaps a neighbour's object: keep only the free pixels
+                mask = (found.owned[sl] == k + 1) & ~occupied[sl]
                 if mask.sum() < max(self.min_pixels, 1):
                     self.duplicates += 1
                     continue
-            object_id = self.next_id
-            self.next_id += 1
-            origin = (wx + sl[1].start, wy + sl[0].start)
-            self._check_inside(object_id, origin, mask.shape)
-            image = window[sl]
-            class_name = self.classify(mask, image) if self.classify else None
-            if trimmed:
+                self._check_inside(object_id, origin, mask.shape)
+                image = window[sl]
                 record = measure_object(object_id=object_id, mask=mask, image=image, origin=origin,
-                                        factor=self.factor, mpp=self.mpp, class_name=class_name, bounds=self.bounds)
+                                        factor=self.factor, mpp=self.mpp, bounds=self.bounds,
+                                        class_name=self.classify(mask, image) if self.classify else None)
             else:
+                self._check_inside(object_id, origin, (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start))
                 record = object_record(
-                    object_id=object_id, mask=mask, origin=origin, factor=self.factor, mpp=self.mpp,
-                    area=int(area[local_id]), centroid=(cx[local_id] - sl[1].start, cy[local_id] - sl[0].start),
-                    means=tuple(float(v) for v in means[local_id]), class_name=class_name, bounds=self.bounds,
+                    object_id=object_id, mask_shape=(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start),
+                    polygon=found.polygons[k], origin=origin, factor=self.factor, mpp=self.mpp,
+                    area=int(found.area[k]), centroid=(float(found.centroid[k, 0]), float(found.centroid[k, 1])),
+                    means=tuple(float(v) for v in found.means[k]), class_name=found.classes[k], bounds=self.bounds,
                 )
-            out[sl][mask] = object_id
+            self.next_id += 1
+            ids[k + 1] = object_id
             records.append(record)
             self.total_area_px += record.area_px
-            if self._touches_inner_edge(sl, labels.shape, tile):
-                self.truncated += 1
-        self.canvas.write(wx, wy, out)
+            self.truncated += int(found.touches_edge[k])
+        if records:
+            written = ids[found.owned]
+            self.canvas.write(wx, wy, np.where(occupied | (written == 0), current, written).astype(current.dtype))
         return records
 
     def clip_to_canvas(self, wx: int, wy: int, labels: np.ndarray) -> np.ndarray:
-        """``labels`` of the window at ``(wx, wy)`` with every pixel outside the canvas set to 0.
-
-        Returns the input itself when the window lies inside the canvas, else a cleared copy.
-        """
-        h, w = labels.shape
-        top, left = max(0, -wy), max(0, -wx)
-        bottom, right = max(0, wy + h - self.canvas.height), max(0, wx + w - self.canvas.width)
-        if not (top or left or bottom or right):
-            return labels
-        clipped = np.zeros_like(labels)
-        clipped[top:h - bottom, left:w - right] = labels[top:h - bottom, left:w - right]
-        return clipped
+        """``labels`` of the window at ``(wx, wy)`` with every pixel outside the canvas set to 0
+        (see :func:`dlcore.tiling.tile_objects.clip_to_canvas`)."""
+        return clip_to_canvas(wx, wy, labels, (self.canvas.width, self.canvas.height))
 
     def _check_inside(self, object_id: int, origin: tuple[int, int], shape: tuple[int, int]) -> None:
         """Raise :class:`InvariantError` unless the object's bounding box lies inside the canvas."""
@@ -154,25 +134,6 @@ class InstanceStitcher:
                 f"object {object_id} spans x {x0}..{x0 + shape[1]}, y {y0}..{y0 + shape[0]}, outside the "
                 f"{self.canvas.width}x{self.canvas.height} image"
             )
-
-    def _coordinates(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Flattened row and column indices of a window (cached: windows share their shape)."""
-        cached = self._coords
-        if cached is None or cached[0] != shape:
-            h, w = shape
-            cached = (shape, np.repeat(np.arange(h, dtype=np.float64), w), np.tile(np.arange(w, dtype=np.float64), h))
-            self._coords = cached
-        return cached[1], cached[2]
-
-    def _touches_inner_edge(self, sl: tuple[slice, slice], shape: tuple[int, int], tile: Tile) -> bool:
-        """True when the object reaches a window edge that is not the slide's edge (it may be cut)."""
-        wx, wy, _, _ = tile.window
-        h, w = shape
-        top = sl[0].start == 0 and wy > 0
-        left = sl[1].start == 0 and wx > 0
-        bottom = sl[0].stop == h and wy + h < self.canvas.height
-        right = sl[1].stop == w and wx + w < self.canvas.width
-        return top or left or bottom or right
 
 
 class SemanticStitcher:

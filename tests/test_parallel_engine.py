@@ -1,0 +1,112 @@
+"""The worker pool: the same objects, ids and files whatever the number of workers; bounded queues."""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import tifffile
+
+from dlcore.cores import available_cores, share_cores
+from dlcore.demo import SyntheticSlideSpec, write_synthetic_slide
+from dlcore.io import open_slide
+from dlcore.io.local_sink import LocalFolderSink
+from dlcore.tasks.classical import ClassicalNuclei
+from dlcore.tiling.engine import run_tiles
+from dlcore.tiling.grid import GridSpec, make_grid
+from dlcore.tiling.pool import TileWork, WorkerPool
+from dlcore.workflows import RunOptions, analyse_slide
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory):
+    return write_synthetic_slide(tmp_path_factory.mktemp("slide") / "ihc.ome.tif",
+                                 SyntheticSlideSpec(width=2048, height=1536, seed=11))
+
+
+def _outputs(slide_path, out: Path, task, workers: int) -> dict[str, str]:
+    slide = open_slide(slide_path)
+    try:
+        result = analyse_slide(slide, task, LocalFolderSink(out), options=RunOptions(workers=workers))
+    finally:
+        slide.close()
+    assert result.provenance["timings"]["workers"] == workers
+    folder = out / "ihc" / task.name
+    digests = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+               for name in ("objects.csv", "objects.geojson")}
+    with tifffile.TiffFile(folder / "labels.ome.tif") as tif:
+        digests["labels"] = hashlib.sha256(tif.series[0].asarray().tobytes()).hexdigest()
+    digests["objects"] = result.summary["objects"]
+    return digests
+
+
+def test_classical_results_are_identical_for_0_1_2_and_3_workers(slide_path, tmp_path):
+    task = ClassicalNuclei(tile_size=384)  # small tiles: many objects cross tile borders
+    runs = {w: _outputs(slide_path, tmp_path / f"w{w}", task, w) for w in (0, 1, 2, 3)}
+    assert runs[0]["objects"] > 300
+    assert runs[1] == runs[0] and runs[2] == runs[0] and runs[3] == runs[0]
+
+
+def test_model_instances_are_identical_inline_and_in_workers(slide_path, tmp_path):
+    """The shipped instance model: the network in the main process, the watershed and the objects in
+    the workers."""
+    from dlcore.config import Config
+    from dlcore.models.registry import load_task
+
+    task = load_task("nuclei-ihc-unet", {"device": "cpu"}, config=Config(models_dir=ROOT / "models"))
+    inline = _outputs(slide_path, tmp_path / "w0", task, 0)
+    assert inline["objects"] > 100
+    assert _outputs(slide_path, tmp_path / "w2", task, 2) == inline
+
+
+def test_queues_hold_a_few_tiles_per_worker_never_the_slide(slide_path):
+    """The writer consumes slowly: the tiles read but not yet consumed stay bounded, whatever the slide."""
+    slide = open_slide(slide_path)
+    try:
+        from dlcore.io.slide import plan_resolution
+
+        plan = plan_resolution(slide.info, None)
+        tiles = make_grid(slide.info.width, slide.info.height, GridSpec(128, 8))
+        assert len(tiles) > 150
+        state = {"read": 0, "consumed": 0, "peak": 0}
+        lock = threading.Lock()
+
+        def infer(windows):
+            with lock:
+                state["read"] += len(windows)
+                state["peak"] = max(state["peak"], state["read"] - state["consumed"])
+            return [w[..., 0] for w in windows]
+
+        def consume(tile, window, result):
+            time.sleep(0.002)
+            with lock:
+                state["consumed"] += 1
+
+        with WorkerPool(TileWork(), 2) as pool:
+            times = run_tiles(slide, plan, tiles, infer=infer, pool=pool, consume=consume, batch_size=4)
+        assert state["consumed"] == len(tiles) == times.tiles
+        assert state["peak"] <= 4 * 4  # a few batches of 4, not the slide's 190 tiles
+    finally:
+        slide.close()
+
+
+def test_core_share(monkeypatch):
+    assert share_cores(whole_in_workers=True, model_on_gpu=False, cores=16).workers == 16
+    cpu_model = share_cores(whole_in_workers=False, model_on_gpu=False, cores=16)
+    assert (cpu_model.workers, cpu_model.torch_threads) == (8, 8)
+    gpu_model = share_cores(whole_in_workers=False, model_on_gpu=True, cores=16)
+    assert (gpu_model.workers, gpu_model.torch_threads) == (15, 1)
+    assert share_cores(whole_in_workers=False, model_on_gpu=False, cores=2).workers == 1
+    given = share_cores(whole_in_workers=False, model_on_gpu=False, workers=3, torch_threads=2, cores=16)
+    assert (given.workers, given.torch_threads) == (3, 2)
+    monkeypatch.setenv("DLCORE_CORES", "1")
+    assert available_cores() == 1
+    monkeypatch.setenv("DLCORE_CORES", "zero")
+    from dlcore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="DLCORE_CORES"):
+        available_cores()
