@@ -237,8 +237,10 @@ def tile_work(task: Task, stitcher, canvas: LabelCanvas) -> tuple:
     else:
         infer, postprocess = task.predict, None
     find = isinstance(stitcher, InstanceStitcher)
-    work = TileWork(postprocess=postprocess, find_objects=find, canvas_size=(canvas.width, canvas.height),
-                    min_pixels=stitcher.min_pixels if find else 0, classify=stitcher.classify if find else None)
+    work = TileWork(postprocess=postprocess, find_objects=find, canvas_size=(canvas.width, canvas.height))
+    if find:
+        work = dataclasses.replace(work, factor=stitcher.factor, mpp=stitcher.mpp, bounds=stitcher.bounds,
+                                   min_pixels=stitcher.min_pixels, classify=stitcher.classify)
     return infer, work
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,18 +27,35 @@ def _compressor():
 class LabelCanvas:
     """A ``height x width`` label image stored as an OME-Zarr-style pyramid in ``path``.
 
-    Level 0 is written with :meth:`merge`; :meth:`build_pyramid` derives the coarser levels by
-    nearest-neighbour subsampling (labels must not be averaged).
+    Level 0 is written with :meth:`write` and :meth:`merge`; :meth:`build_pyramid` derives the coarser
+    levels by nearest-neighbour subsampling (labels must not be averaged).
+
+    Level 0 is read and written through a bounded cache of decoded chunks (``cache_chunks`` of
+    ``chunk x chunk`` labels, 256 MB by default): the tile engine reads back the halo its neighbours
+    wrote and writes windows that do not align with chunks, and without the cache every such access
+    would decompress and recompress whole chunks.  Changed chunks are stored when they leave the cache
+    and by :meth:`flush`, which everything that reads the stored arrays (``levels``, the pyramid, the
+    exports) calls first.
     """
 
-    def __init__(self, path: Path, width: int, height: int, *, chunk: int = 256, dtype=LABEL_DTYPE) -> None:
+    def __init__(self, path: Path, width: int, height: int, *, chunk: int = 256, dtype=LABEL_DTYPE,
+                 cache_chunks: int = 1024) -> None:
         import zarr
 
         self.path = Path(path)
         self.width, self.height, self.chunk = width, height, chunk
         self.dtype = np.dtype(dtype)
         self._group = zarr.open_group(str(self.path), mode="w", zarr_format=2)
-        self.levels = [self._create_level(0, width, height)]
+        self._levels = [self._create_level(0, width, height)]
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._dirty: set[tuple[int, int]] = set()
+        self._cache_chunks = max(1, int(cache_chunks))
+
+    @property
+    def levels(self) -> list:
+        """The stored zarr arrays, level 0 first (the cache is flushed first)."""
+        self.flush()
+        return self._levels
 
     def _create_level(self, index: int, width: int, height: int):
         return self._group.create_array(
@@ -46,11 +64,68 @@ class LabelCanvas:
             chunk_key_encoding={"name": "v2", "separator": "/"},
         )
 
+    # -- level 0 through the chunk cache ------------------------------------------------------
+    def _chunk_bounds(self, row: int, col: int) -> tuple[int, int, int, int]:
+        c = self.chunk
+        return row * c, min((row + 1) * c, self.height), col * c, min((col + 1) * c, self.width)
+
+    def _store(self, key: tuple[int, int], data: np.ndarray) -> None:
+        y0, y1, x0, x1 = self._chunk_bounds(*key)
+        self._levels[0][y0:y1, x0:x1] = data
+
+    def _chunk(self, key: tuple[int, int]) -> np.ndarray:
+        data = self._cache.get(key)
+        if data is not None:
+            self._cache.move_to_end(key)
+            return data
+        y0, y1, x0, x1 = self._chunk_bounds(*key)
+        data = np.asarray(self._levels[0][y0:y1, x0:x1])
+        self._cache[key] = data
+        while len(self._cache) > self._cache_chunks:
+            old, old_data = self._cache.popitem(last=False)
+            if old in self._dirty:
+                self._store(old, old_data)
+                self._dirty.discard(old)
+        return data
+
+    def _pieces(self, x0: int, y0: int, x1: int, y1: int):
+        """``(chunk key, chunk slices, region slices)`` covering the canvas region ``[y0, y1) x [x0, x1)``."""
+        c = self.chunk
+        for row in range(y0 // c, (y1 - 1) // c + 1):
+            for col in range(x0 // c, (x1 - 1) // c + 1):
+                cy0, cy1, cx0, cx1 = self._chunk_bounds(row, col)
+                ry0, ry1, rx0, rx1 = max(y0, cy0), min(y1, cy1), max(x0, cx0), min(x1, cx1)
+                yield ((row, col), (slice(ry0 - cy0, ry1 - cy0), slice(rx0 - cx0, rx1 - cx0)),
+                       (slice(ry0 - y0, ry1 - y0), slice(rx0 - x0, rx1 - x0)))
+
+    def _read_region(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        out = np.empty((y1 - y0, x1 - x0), dtype=self.dtype)
+        for key, in_chunk, in_region in self._pieces(x0, y0, x1, y1):
+            out[in_region] = self._chunk(key)[in_chunk]
+        return out
+
+    def _write_region(self, x0: int, y0: int, labels: np.ndarray) -> None:
+        h, w = labels.shape
+        for key, in_chunk, in_region in self._pieces(x0, y0, x0 + w, y0 + h):
+            piece = labels[in_region]
+            data = self._chunk(key)
+            if not np.array_equal(data[in_chunk], piece):
+                data[in_chunk] = piece
+                self._dirty.add(key)
+
+    def flush(self) -> None:
+        """Store every changed chunk of the cache."""
+        for key in sorted(self._dirty):
+            self._store(key, self._cache[key])
+        self._dirty.clear()
+
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         """Level-0 labels of the region, clipped to the canvas (the result may be smaller)."""
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + width, self.width), min(y + height, self.height)
-        return np.asarray(self.levels[0][y0:y1, x0:x1])
+        if x1 <= x0 or y1 <= y0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0)), dtype=self.dtype)
+        return self._read_region(x0, y0, x1, y1)
 
     def read_padded(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         """Level-0 labels of a region that may reach outside the canvas (outside reads as 0)."""
@@ -58,7 +133,7 @@ class LabelCanvas:
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + width, self.width), min(y + height, self.height)
         if x1 > x0 and y1 > y0:
-            out[y0 - y:y1 - y, x0 - x:x1 - x] = self.levels[0][y0:y1, x0:x1]
+            out[y0 - y:y1 - y, x0 - x:x1 - x] = self._read_region(x0, y0, x1, y1)
         return out
 
     def write(self, x: int, y: int, labels: np.ndarray) -> None:
@@ -67,7 +142,7 @@ class LabelCanvas:
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, self.width), min(y + h, self.height)
         if x1 > x0 and y1 > y0:
-            self.levels[0][y0:y1, x0:x1] = labels[y0 - y:y1 - y, x0 - x:x1 - x]
+            self._write_region(x0, y0, np.asarray(labels[y0 - y:y1 - y, x0 - x:x1 - x], dtype=self.dtype))
 
     def merge(self, x: int, y: int, labels: np.ndarray) -> None:
         """Write the non-zero ``labels`` at ``(x, y)`` where the canvas is still 0.
@@ -83,16 +158,14 @@ class LabelCanvas:
         new = labels[y0 - y:y1 - y, x0 - x:x1 - x]
         if not new.any():
             return
-        current = np.asarray(self.levels[0][y0:y1, x0:x1])
+        current = self._read_region(x0, y0, x1, y1)
         free = (current == 0) & (new != 0)
-        if current.any():
-            current[free] = new[free]
-        else:
-            current = new.astype(self.dtype, copy=True)
-        self.levels[0][y0:y1, x0:x1] = current
+        current[free] = new[free]
+        self._write_region(x0, y0, current)
 
     def stored_chunks(self, level: int) -> set[tuple[int, int]]:
         """(row, column) indices of the chunks of ``level`` that hold labels (empty ones are not stored)."""
+        self.flush()
         root = self.path / str(level)
         return {
             (int(row.name), int(col.name))
@@ -121,7 +194,7 @@ class LabelCanvas:
                     y1, x1 = min(2 * (by + block), prev.shape[0]), min(2 * (bx + block), prev.shape[1])
                     if self._has_labels(stored, y0, x0, y1, x1):
                         level[by:by + block, bx:bx + block] = np.asarray(prev[y0:y1, x0:x1])[::2, ::2]
-            self.levels.append(level)
+            self._levels.append(level)
 
     def iter_tiles(self, level: int, tile: int) -> Iterator[np.ndarray]:
         """Tiles of ``level`` in row-major order, each ``tile x tile`` (edges zero-padded).

@@ -36,6 +36,9 @@ class TileWork:
     postprocess: Callable[[object, np.ndarray], np.ndarray] | None = None
     find_objects: bool = False
     canvas_size: tuple[int, int] = (0, 0)
+    factor: float = 1.0
+    mpp: float | None = None
+    bounds: tuple[float, float] | None = None
     min_pixels: int = 0
     classify: Callable[[np.ndarray, np.ndarray], str | None] | None = None
 
@@ -43,8 +46,8 @@ class TileWork:
         labels = raw if self.postprocess is None else self.postprocess(raw, window)
         if not self.find_objects:
             return labels
-        return find_tile_objects(tile, window, labels, canvas_size=self.canvas_size, min_pixels=self.min_pixels,
-                                 classify=self.classify)
+        return find_tile_objects(tile, window, labels, canvas_size=self.canvas_size, factor=self.factor, mpp=self.mpp,
+                                 bounds=self.bounds, min_pixels=self.min_pixels, classify=self.classify)
 
 
 @dataclass(frozen=True)

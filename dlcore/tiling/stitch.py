@@ -23,13 +23,14 @@ Semantic maps need no ownership: each tile writes its core.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
 
 from dlcore.errors import InvariantError
 from dlcore.io.labels import LabelCanvas
-from dlcore.objects import ObjectRecord, measure_object, object_record
+from dlcore.objects import ObjectRecord, measure_object
 from dlcore.tiling.grid import Tile
 from dlcore.tiling.tile_objects import TileObjects, clip_to_canvas, find_tile_objects
 
@@ -69,7 +70,8 @@ class InstanceStitcher:
     def find_objects(self, tile: Tile, window: np.ndarray, labels: np.ndarray) -> TileObjects:
         """The tile's candidate objects (what a worker process computes; see :mod:`dlcore.tiling.tile_objects`)."""
         return find_tile_objects(tile, window, labels, canvas_size=(self.canvas.width, self.canvas.height),
-                                 min_pixels=self.min_pixels, classify=self.classify)
+                                 factor=self.factor, mpp=self.mpp, bounds=self.bounds, min_pixels=self.min_pixels,
+                                 classify=self.classify)
 
     def add_objects(self, tile: Tile, window: np.ndarray, found: TileObjects) -> list[ObjectRecord]:
         """Write the tile's candidates that are not already on the canvas; their records, with slide-wide ids.
@@ -105,12 +107,7 @@ class InstanceStitcher:
                                         class_name=self.classify(mask, image) if self.classify else None)
             else:
                 self._check_inside(object_id, origin, (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start))
-                record = object_record(
-                    object_id=object_id, mask_shape=(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start),
-                    polygon=found.polygons[k], origin=origin, factor=self.factor, mpp=self.mpp,
-                    area=int(found.area[k]), centroid=(float(found.centroid[k, 0]), float(found.centroid[k, 1])),
-                    means=tuple(float(v) for v in found.means[k]), class_name=found.classes[k], bounds=self.bounds,
-                )
+                record = dataclasses.replace(found.records[k], id=object_id)
             self.next_id += 1
             ids[k + 1] = object_id
             records.append(record)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlcore.objects import outline
+from dlcore.objects import ObjectRecord, object_records, outlines
 from dlcore.tiling.grid import Tile
 
 
@@ -27,18 +27,15 @@ class TileObjects:
 
     ``owned`` is the tile's label window with candidate ``k`` (1..n, in ascending order of the task's
     local ids) where it lies inside the canvas, 0 elsewhere.  Per candidate (index ``k - 1``): ``area``
-    in pixels, ``centroid`` (x, y) relative to its bounding box, ``means`` per channel, ``boxes``
-    ((y0, y1, x0, x1) in window pixels), ``polygons`` (outline (row, col) vertices relative to the box),
-    ``classes`` (or None) and ``touches_edge`` (reaches a window edge that is not the slide's).
+    in pixels, ``boxes`` ((y0, y1, x0, x1) in window pixels), ``records`` (its
+    :class:`~dlcore.objects.ObjectRecord`, complete but for the slide-wide id, 0 here) and
+    ``touches_edge`` (reaches a window edge that is not the slide's).
     """
 
     owned: np.ndarray
     area: np.ndarray
-    centroid: np.ndarray
-    means: np.ndarray
     boxes: np.ndarray
-    polygons: list[np.ndarray]
-    classes: list[str | None]
+    records: list[ObjectRecord]
     touches_edge: np.ndarray
 
     @property
@@ -64,24 +61,23 @@ def clip_to_canvas(wx: int, wy: int, labels: np.ndarray, canvas_size: tuple[int,
     return clipped
 
 
-def _coordinates(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    h, w = shape
-    return np.repeat(np.arange(h, dtype=np.float64), w), np.tile(np.arange(w, dtype=np.float64), h)
-
-
 def find_tile_objects(
     tile: Tile,
     window: np.ndarray,
     labels: np.ndarray,
     *,
     canvas_size: tuple[int, int],
+    factor: float = 1.0,
+    mpp: float | None = None,
+    bounds: tuple[float, float] | None = None,
     min_pixels: int = 0,
     classify: Callable[[np.ndarray, np.ndarray], str | None] | None = None,
 ) -> TileObjects:
-    """The objects of ``labels`` (the task's map of ``tile``'s window) that ``tile`` owns.
+    """The objects of ``labels`` (the task's map of ``tile``'s window) that ``tile`` owns, measured.
 
     An object is owned when its centroid (pixel centres at +0.5, slide coordinates) lies in the tile's
     core, it has at least ``max(min_pixels, 1)`` pixels inside the canvas, and it is not background.
+    ``factor``, ``mpp`` and ``bounds`` are as for :func:`dlcore.objects.object_record`.
     """
     from scipy import ndimage as ndi
 
@@ -90,12 +86,13 @@ def find_tile_objects(
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return _empty(labels.shape, window.shape[2])
-    flat = labels.ravel().astype(np.intp, copy=False)
+    foreground = np.flatnonzero(labels)  # measure object pixels only (background is most of a window)
+    flat = labels.ravel()[foreground].astype(np.intp, copy=False)
     area = np.bincount(flat, minlength=n + 1)
-    rows, cols = _coordinates(labels.shape)
-    sum_y = np.bincount(flat, weights=rows, minlength=n + 1)
-    sum_x = np.bincount(flat, weights=cols, minlength=n + 1)
-    channels = window.reshape(-1, window.shape[2])
+    rows, cols = np.divmod(foreground, labels.shape[1])
+    sum_y = np.bincount(flat, weights=rows.astype(np.float64), minlength=n + 1)
+    sum_x = np.bincount(flat, weights=cols.astype(np.float64), minlength=n + 1)
+    channels = window.reshape(-1, window.shape[2])[foreground]
     sums = np.stack([np.bincount(flat, weights=channels[:, c], minlength=n + 1) for c in range(window.shape[2])], 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cy, cx = sum_y / area, sum_x / area
@@ -113,19 +110,21 @@ def find_tile_objects(
     slices = ndi.find_objects(labels)
     boxes = np.array([[slices[i - 1][0].start, slices[i - 1][0].stop, slices[i - 1][1].start, slices[i - 1][1].stop]
                       for i in owned_ids], dtype=np.int64)
-    polygons, classes = [], []
-    for local_id, (y0, y1, x0, x1) in zip(owned_ids, boxes):
-        mask = labels[y0:y1, x0:x1] == local_id
-        polygons.append(outline(mask))
-        classes.append(classify(mask, window[y0:y1, x0:x1]) if classify else None)
+    masks = [labels[y0:y1, x0:x1] == local_id for local_id, (y0, y1, x0, x1) in zip(owned_ids, boxes)]
+    polygons = outlines(masks)
+    classes = [classify(mask, window[y0:y1, x0:x1]) for mask, (y0, y1, x0, x1) in zip(masks, boxes)] if classify \
+        else [None] * len(masks)
     h, w = labels.shape
     width, height = canvas_size
     touches = ((boxes[:, 0] == 0) & (wy > 0)) | ((boxes[:, 2] == 0) & (wx > 0)) \
         | ((boxes[:, 1] == h) & (wy + h < height)) | ((boxes[:, 3] == w) & (wx + w < width))
-    centroid = np.stack([cx[owned_ids] - boxes[:, 2], cy[owned_ids] - boxes[:, 0]], axis=1)
-    return TileObjects(owned=_compact(owned, owned_ids.size), area=area[owned_ids].astype(np.int64),
-                       centroid=centroid, means=means[owned_ids], boxes=boxes, polygons=polygons,
-                       classes=classes, touches_edge=touches)
+    records = object_records(
+        ids=[0] * len(owned_ids), shapes=boxes[:, [1, 3]] - boxes[:, [0, 2]], polygons=polygons,
+        origins=np.stack([wx + boxes[:, 2], wy + boxes[:, 0]], 1), factor=factor, mpp=mpp, areas=area[owned_ids],
+        centroids=np.stack([cx[owned_ids] - boxes[:, 2], cy[owned_ids] - boxes[:, 0]], 1), means=means[owned_ids],
+        class_names=classes, bounds=bounds)
+    return TileObjects(owned=_compact(owned, owned_ids.size), area=area[owned_ids].astype(np.int64), boxes=boxes,
+                       records=records, touches_edge=touches)
 
 
 def _compact(owned: np.ndarray, n: int) -> np.ndarray:
@@ -134,6 +133,5 @@ def _compact(owned: np.ndarray, n: int) -> np.ndarray:
 
 
 def _empty(shape: tuple[int, int], channels: int) -> TileObjects:
-    return TileObjects(owned=np.zeros(shape, np.uint16), area=np.zeros(0, np.int64), centroid=np.zeros((0, 2)),
-                       means=np.zeros((0, channels)), boxes=np.zeros((0, 4), np.int64), polygons=[], classes=[],
-                       touches_edge=np.zeros(0, bool))
+    return TileObjects(owned=np.zeros(shape, np.uint16), area=np.zeros(0, np.int64), boxes=np.zeros((0, 4), np.int64),
+                       records=[], touches_edge=np.zeros(0, bool))
