@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 
 from dlcore.io.labels import LabelCanvas
@@ -33,3 +34,34 @@ def test_merge_keeps_labels_already_written(tmp_path):
     canvas.merge(5, 5, np.full((10, 10), 9, np.uint32))
     out = canvas.read(0, 0, 20, 20)
     assert out[0, 0] == 7 and out[6, 6] == 7 and out[12, 12] == 9 and out[19, 19] == 0
+
+
+@pytest.mark.parametrize("cache_chunks", [1, 3, 1024])
+def test_canvas_cache_gives_what_was_written_whatever_its_size(tmp_path, cache_chunks):
+    """Writes and merges at odd places, through a cache that evicts all the time (1, 3) or never (1024):
+    the stored arrays, the reads and the exports hold exactly what a plain array would."""
+    from dlcore.io.labels import LabelCanvas
+
+    rng = np.random.default_rng(cache_chunks)
+    canvas = LabelCanvas(tmp_path / "c.zarr", 700, 500, chunk=64, cache_chunks=cache_chunks)
+    expected = np.zeros((500, 700), np.uint32)
+    for step in range(40):
+        x, y = int(rng.integers(-50, 690)), int(rng.integers(-50, 490))
+        h, w = int(rng.integers(1, 150)), int(rng.integers(1, 150))
+        patch = rng.integers(0, 5, (h, w)).astype(np.uint32) * (step + 1)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, 700), min(y + h, 500)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        region = patch[y0 - y:y1 - y, x0 - x:x1 - x]
+        if step % 3:
+            canvas.write(x, y, patch)
+            expected[y0:y1, x0:x1] = region
+        else:
+            canvas.merge(x, y, patch)
+            view = expected[y0:y1, x0:x1]
+            view[(view == 0) & (region != 0)] = region[(view == 0) & (region != 0)]
+        assert np.array_equal(canvas.read_padded(x, y, w, h)[y0 - y:y1 - y, x0 - x:x1 - x], expected[y0:y1, x0:x1])
+    assert np.array_equal(np.asarray(canvas.levels[0][:]), expected)
+    canvas.build_pyramid(min_side=64)
+    assert np.array_equal(np.asarray(canvas.levels[1][:]), expected[::2, ::2])
+    canvas.close()

@@ -69,9 +69,20 @@ class LabelCanvas:
         c = self.chunk
         return row * c, min((row + 1) * c, self.height), col * c, min((col + 1) * c, self.width)
 
-    def _store(self, key: tuple[int, int], data: np.ndarray) -> None:
-        y0, y1, x0, x1 = self._chunk_bounds(*key)
-        self._levels[0][y0:y1, x0:x1] = data
+    def _store_many(self, chunks: dict[tuple[int, int], np.ndarray]) -> None:
+        """Store chunks, each run of neighbouring chunks in a row with one zarr write (a zarr call costs
+        milliseconds of its own, more than compressing a chunk)."""
+        keys = sorted(chunks)
+        start = 0
+        while start < len(keys):
+            row, col = keys[start]
+            end = start + 1
+            while end < len(keys) and keys[end] == (row, col + end - start):
+                end += 1
+            y0, y1, x0, _ = self._chunk_bounds(row, col)
+            _, _, _, x1 = self._chunk_bounds(row, keys[end - 1][1])
+            self._levels[0][y0:y1, x0:x1] = np.concatenate([chunks[k] for k in keys[start:end]], axis=1)
+            start = end
 
     def _chunk(self, key: tuple[int, int]) -> np.ndarray:
         data = self._cache.get(key)
@@ -81,11 +92,10 @@ class LabelCanvas:
         y0, y1, x0, x1 = self._chunk_bounds(*key)
         data = np.asarray(self._levels[0][y0:y1, x0:x1])
         self._cache[key] = data
-        while len(self._cache) > self._cache_chunks:
-            old, old_data = self._cache.popitem(last=False)
-            if old in self._dirty:
-                self._store(old, old_data)
-                self._dirty.discard(old)
+        if len(self._cache) > self._cache_chunks:  # evict the oldest quarter at once (grouped stores)
+            evicted = [self._cache.popitem(last=False) for _ in range(max(1, self._cache_chunks // 4))]
+            self._store_many({k: d for k, d in evicted if k in self._dirty})
+            self._dirty.difference_update(k for k, _ in evicted)
         return data
 
     def _pieces(self, x0: int, y0: int, x1: int, y1: int):
@@ -115,9 +125,9 @@ class LabelCanvas:
 
     def flush(self) -> None:
         """Store every changed chunk of the cache."""
-        for key in sorted(self._dirty):
-            self._store(key, self._cache[key])
-        self._dirty.clear()
+        if self._dirty:
+            self._store_many({key: self._cache[key] for key in self._dirty})
+            self._dirty.clear()
 
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         """Level-0 labels of the region, clipped to the canvas (the result may be smaller)."""
