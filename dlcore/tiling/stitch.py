@@ -32,7 +32,7 @@ from dlcore.errors import InvariantError
 from dlcore.io.labels import LabelCanvas
 from dlcore.objects import ObjectRecord, measure_object
 from dlcore.tiling.grid import Tile
-from dlcore.tiling.tile_objects import TileObjects, clip_to_canvas, find_tile_objects
+from dlcore.tiling.tile_objects import TileObjects, find_tile_objects
 
 
 class InstanceStitcher:
@@ -117,11 +117,6 @@ class InstanceStitcher:
             written = ids[found.owned]
             self.canvas.write(wx, wy, np.where(occupied | (written == 0), current, written).astype(current.dtype))
         return records
-
-    def clip_to_canvas(self, wx: int, wy: int, labels: np.ndarray) -> np.ndarray:
-        """``labels`` of the window at ``(wx, wy)`` with every pixel outside the canvas set to 0
-        (see :func:`dlcore.tiling.tile_objects.clip_to_canvas`)."""
-        return clip_to_canvas(wx, wy, labels, (self.canvas.width, self.canvas.height))
 
     def _check_inside(self, object_id: int, origin: tuple[int, int], shape: tuple[int, int]) -> None:
         """Raise :class:`InvariantError` unless the object's bounding box lies inside the canvas."""
