@@ -31,6 +31,7 @@ class ObjectRecord:
     polygon: tuple[tuple[float, float], ...]
     class_name: str | None = None
     extra: dict = field(default_factory=dict)
+    text: object = field(default=None, compare=False, repr=False)  # its ObjectText, when a worker rendered it
 
 
 def outline(mask: np.ndarray, *, max_vertices: int = MAX_POLYGON_VERTICES) -> np.ndarray:

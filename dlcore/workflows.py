@@ -185,7 +185,7 @@ def analyse_slide(
 
         log.info("%s: %d tiles of %d px (+%d halo) at %s", info.name, len(tiles), task.tile_size, task.halo,
                  f"{plan.working_mpp:.3f} µm/px" if plan.working_mpp else "native resolution")
-        infer, work = tile_work(task, stitcher, canvas)
+        infer, work = tile_work(task, stitcher, canvas, render_text=getattr(sink, "renders_object_text", False))
         share = core_share(task, work, options)
         log.info("%s: %d worker process(es), %d torch thread(s) of %d core(s)", info.name, share.workers,
                  share.torch_threads, share.cores)
@@ -221,14 +221,14 @@ def analyse_slide(
     return RunResult(summary=summary, outputs=outputs, provenance=provenance)
 
 
-def tile_work(task: Task, stitcher, canvas: LabelCanvas) -> tuple:
+def tile_work(task: Task, stitcher, canvas: LabelCanvas, *, render_text: bool = False) -> tuple:
     """``(infer, work)``: what the main process runs on a batch of windows, and the per-tile
     :class:`~dlcore.tiling.pool.TileWork` for the workers.
 
     A task with ``split_for_workers()`` infers in the main process and post-processes in the workers;
     one with ``runs_in_process`` runs whole in the workers; any other predicts in the main process.
     With the engine's :class:`InstanceStitcher`, the workers also find, measure and outline each tile's
-    objects."""
+    objects, and with ``render_text`` their CSV and GeoJSON text too."""
     split = getattr(task, "split_for_workers", None)
     if split is not None:
         infer, postprocess = split()
@@ -240,7 +240,7 @@ def tile_work(task: Task, stitcher, canvas: LabelCanvas) -> tuple:
     work = TileWork(postprocess=postprocess, find_objects=find, canvas_size=(canvas.width, canvas.height))
     if find:
         work = dataclasses.replace(work, factor=stitcher.factor, mpp=stitcher.mpp, bounds=stitcher.bounds,
-                                   min_pixels=stitcher.min_pixels, classify=stitcher.classify)
+                                   min_pixels=stitcher.min_pixels, classify=stitcher.classify, render_text=render_text)
     return infer, work
 
 

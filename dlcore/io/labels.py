@@ -49,6 +49,7 @@ class LabelCanvas:
         self._levels = [self._create_level(0, width, height)]
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._dirty: set[tuple[int, int]] = set()
+        self._stored: set[tuple[int, int]] = set()  # chunks ever stored (mode "w": the array starts empty)
         self._cache_chunks = max(1, int(cache_chunks))
 
     @property
@@ -82,6 +83,7 @@ class LabelCanvas:
             y0, y1, x0, _ = self._chunk_bounds(row, col)
             _, _, _, x1 = self._chunk_bounds(row, keys[end - 1][1])
             self._levels[0][y0:y1, x0:x1] = np.concatenate([chunks[k] for k in keys[start:end]], axis=1)
+            self._stored.update(keys[start:end])
             start = end
 
     def _chunk(self, key: tuple[int, int]) -> np.ndarray:
@@ -90,7 +92,10 @@ class LabelCanvas:
             self._cache.move_to_end(key)
             return data
         y0, y1, x0, x1 = self._chunk_bounds(*key)
-        data = np.asarray(self._levels[0][y0:y1, x0:x1])
+        if key in self._stored:
+            data = np.asarray(self._levels[0][y0:y1, x0:x1])
+        else:  # never stored: all background, and no zarr call (milliseconds each) to learn it
+            data = np.zeros((y1 - y0, x1 - x0), dtype=self.dtype)
         self._cache[key] = data
         if len(self._cache) > self._cache_chunks:  # evict the oldest quarter at once (grouped stores)
             evicted = [self._cache.popitem(last=False) for _ in range(max(1, self._cache_chunks // 4))]

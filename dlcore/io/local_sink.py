@@ -29,10 +29,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 
 from dlcore.errors import OutputError
-from dlcore.io.sink import RunContext, RunOutputs, check_objects_inside, object_columns, object_row
+from dlcore.io.object_text import csv_line, geojson_feature, text_of
+from dlcore.io.sink import RunContext, RunOutputs, check_objects_inside, object_columns
 from dlcore.objects import ObjectRecord
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ def slide_stem(name: str) -> str:
 class LocalFolderSink:
     """Writes a run's results under ``out_dir`` (see the module docstring)."""
 
+    renders_object_text = True  # the engine's workers render each object's CSV and GeoJSON text for it
+
     def __init__(self, out_dir: str | Path, *, label_format: str = "ome-tiff") -> None:
         if label_format not in LABEL_FORMATS:
             raise OutputError(f"label_format={label_format!r} is not one of {LABEL_FORMATS}")
@@ -59,6 +61,8 @@ class LocalFolderSink:
         self._csv = self._csv_writer = self._geojson = None
         self._first_feature = True
         self._context: RunContext | None = None
+        self._name_prefix = ""
+        self._classifications: dict[str, str] = {}
 
     def begin(self, context: RunContext) -> None:
         try:
@@ -66,6 +70,7 @@ class LocalFolderSink:
         except OSError as exc:
             raise OutputError(f"cannot create the output folder {self.out_dir}: {exc}") from exc
         self._context = context
+        self._name_prefix = json.dumps(f"{context.run_key} ")[:-1]
         slide_dir = self.out_dir / slide_stem(context.slide.name)
         slide_dir.mkdir(exist_ok=True)
         self._final = slide_dir / context.run_key
@@ -81,28 +86,26 @@ class LocalFolderSink:
 
     def add_objects(self, objects: Sequence[ObjectRecord]) -> None:
         check_objects_inside(objects, self._context.slide)
+        rows, features = [], []
         for obj in objects:
-            self._csv_writer.writerow(object_row(obj))
-            if len(obj.polygon) >= 3:
-                if not self._first_feature:
-                    self._geojson.write(",\n")
-                self._geojson.write(json.dumps(self._feature(obj), separators=(",", ":")))
-                self._first_feature = False
+            text = text_of(obj)
+            rows.append(csv_line(obj.id, text))
+            if text.geometry is not None:
+                features.append(geojson_feature(obj.id, text, name_prefix=self._name_prefix,
+                                                classification=self._classification(text.class_name)))
+        self._csv.write("".join(rows))
+        if features:
+            self._geojson.write(("" if self._first_feature else ",\n") + ",\n".join(features))
+            self._first_feature = False
 
-    def _feature(self, obj: ObjectRecord) -> dict:
-        ring = np.round(np.asarray(obj.polygon), 2).tolist()
-        ring.append(ring[0])
-        props: dict = {
-            "objectType": "detection",
-            "name": f"{self._context.run_key} {obj.id}",
-            "measurements": {
-                "dlcore id": obj.id, "Area px": obj.area_px, "Perimeter px": round(obj.perimeter_px, 2),
-                **({"Area µm^2": round(obj.area_um2, 3)} if obj.area_um2 is not None else {}),
-            },
-        }
-        if obj.class_name:
-            props["classification"] = {"name": obj.class_name, "color": list(self._class_color(obj.class_name))}
-        return {"type": "Feature", "id": str(obj.id), "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props}
+    def _classification(self, name: str | None) -> str | None:
+        """The JSON of a feature's classification (QuPath's name and colour), made once per class."""
+        if not name:
+            return None
+        if name not in self._classifications:
+            self._classifications[name] = json.dumps({"name": name, "color": list(self._class_color(name))},
+                                                     separators=(",", ":"))
+        return self._classifications[name]
 
     def _class_color(self, name: str) -> tuple[int, int, int]:
         ctx = self._context

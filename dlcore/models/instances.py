@@ -26,7 +26,7 @@ def instances_from_maps(probs: np.ndarray, post: dict) -> np.ndarray:
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
-    from dlcore.imageops import remove_small
+    from dlcore.imageops import fill_holes, label_peaks, remove_small
 
     kind = post["type"]
     if kind == "fg_boundary_watershed":
@@ -41,19 +41,16 @@ def instances_from_maps(probs: np.ndarray, post: dict) -> np.ndarray:
         seeds = remove_small(seeds.astype(np.int32), int(post.get("min_seed_size", 0)))
         relief = boundary
     elif kind == "distance_watershed":
-        from skimage.feature import peak_local_max
-
         distance = probs[-1]
         mask = probs[0] > 0.5 if probs.shape[0] == 2 else distance > post["fg_threshold"]
         components, _ = ndi.label(mask)
-        peaks = peak_local_max(distance, min_distance=int(post["min_distance"]), threshold_abs=post["seed_threshold"],
-                               labels=components, exclude_border=False)
+        peaks = label_peaks(distance, components, int(post["min_distance"]), threshold=post["seed_threshold"])
         seeds = np.zeros(mask.shape, np.int32)
         seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         relief = -distance
     else:
         raise ModelError(f"unknown instance post-processing {kind!r}")
-    mask = ndi.binary_fill_holes(mask)
+    mask = fill_holes(mask)
     labels = watershed(relief, seeds, mask=mask).astype(np.int32)
     orphans = mask & (labels == 0)
     if orphans.any():

@@ -259,21 +259,23 @@ class ClassicalNuclei:
         what the threshold applies to."""
         from scipy import ndimage as ndi
 
+        from dlcore.imageops import grey_opening_square
+
         signal = self.signal(window).astype(np.float32)
         smoothed = ndi.gaussian_filter(signal, self.sigma) if self.sigma > 0 else signal
         radius = self.background_radius_px
         if radius > 0:
-            smoothed = smoothed - ndi.grey_opening(smoothed, size=(2 * radius + 1, 2 * radius + 1))
+            smoothed = smoothed - grey_opening_square(smoothed, radius)
         return smoothed
 
     def segment(self, window: np.ndarray) -> np.ndarray:
         """Instance labels (int32, 0 = background) of one window."""
         from scipy import ndimage as ndi
 
-        from dlcore.imageops import remove_large, remove_small
+        from dlcore.imageops import fill_holes, remove_large, remove_small
 
         smoothed = self.smoothed_signal(window)
-        mask = ndi.binary_fill_holes(smoothed > self.threshold)
+        mask = fill_holes(smoothed > self.threshold)
         if self.split_touching:
             labels = self._watershed(mask, smoothed)
         else:
@@ -284,12 +286,13 @@ class ClassicalNuclei:
 
     def _watershed(self, mask: np.ndarray, smoothed: np.ndarray) -> np.ndarray:
         from scipy import ndimage as ndi
-        from skimage.feature import peak_local_max
         from skimage.segmentation import watershed
+
+        from dlcore.imageops import label_peaks
 
         landscape = ndi.distance_transform_edt(mask) if self.markers == "distance" else np.where(mask, smoothed, 0)
         components, _ = ndi.label(mask)
-        peaks = peak_local_max(landscape, min_distance=self.min_distance, labels=components, exclude_border=False)
+        peaks = label_peaks(landscape, components, self.min_distance)
         markers = np.zeros(mask.shape, dtype=np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         labels = watershed(-landscape, markers, mask=mask)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dlcore.io.object_text import with_text
 from dlcore.tiling.grid import Tile
 from dlcore.tiling.tile_objects import find_tile_objects
 
@@ -30,7 +31,8 @@ class TileWork:
     ``postprocess(raw, window) -> labels`` turns what the main process produced for the tile (the model's
     output, or None for a task that works on the window alone) into its label map; None when ``raw`` is
     the label map already.  ``find_objects`` (instance tasks with the engine's stitcher) then returns the
-    tile's :class:`~dlcore.tiling.tile_objects.TileObjects` instead of the labels.
+    tile's :class:`~dlcore.tiling.tile_objects.TileObjects` instead of the labels; with ``render_text``
+    its records carry their CSV and GeoJSON text (:mod:`dlcore.io.object_text`), for a sink that writes it.
     """
 
     postprocess: Callable[[object, np.ndarray], np.ndarray] | None = None
@@ -41,13 +43,17 @@ class TileWork:
     bounds: tuple[float, float] | None = None
     min_pixels: int = 0
     classify: Callable[[np.ndarray, np.ndarray], str | None] | None = None
+    render_text: bool = False
 
     def __call__(self, tile: Tile, window: np.ndarray, raw):
         labels = raw if self.postprocess is None else self.postprocess(raw, window)
         if not self.find_objects:
             return labels
-        return find_tile_objects(tile, window, labels, canvas_size=self.canvas_size, factor=self.factor, mpp=self.mpp,
-                                 bounds=self.bounds, min_pixels=self.min_pixels, classify=self.classify)
+        found = find_tile_objects(tile, window, labels, canvas_size=self.canvas_size, factor=self.factor,
+                                  mpp=self.mpp, bounds=self.bounds, min_pixels=self.min_pixels, classify=self.classify)
+        if self.render_text:
+            with_text(found.records)
+        return found
 
 
 @dataclass(frozen=True)

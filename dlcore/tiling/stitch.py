@@ -23,7 +23,6 @@ Semantic maps need no ownership: each tile writes its core.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -79,7 +78,8 @@ class InstanceStitcher:
         Must be called in grid order (the ids, and which tile keeps an object two tiles both found,
         follow it).  A candidate more than half of whose pixels a neighbour's object already holds is a
         duplicate and dropped; one that overlaps less keeps only its free pixels and is measured,
-        outlined and classified again (dropped if fewer than ``min_pixels`` remain).
+        outlined and classified again (dropped if fewer than ``min_pixels`` remain).  ``found`` is the
+        stitcher's after the call: the records of whole candidates get their ids in place.
         """
         if found.count == 0:
             return []
@@ -87,43 +87,54 @@ class InstanceStitcher:
         current = self.canvas.read_padded(wx, wy, ww, wh)
         occupied = current > 0
         taken = np.bincount(found.owned[occupied].astype(np.intp), minlength=found.count + 1)[1:]
-        duplicates = taken * 2 > found.area
-        self.duplicates += int(duplicates.sum())
-        ids = np.zeros(found.count + 1, np.uint32)  # candidate -> slide-wide id (0: not written)
-        records: list[ObjectRecord] = []
-        for k in np.nonzero(~duplicates)[0]:
+        kept = taken * 2 <= found.area
+        self.duplicates += int((~kept).sum())
+        free_pixels: dict[int, np.ndarray] = {}  # a sliver overlapping a neighbour's object: its free pixels
+        for k in np.nonzero(kept & (taken > 0))[0].tolist():
             sl = found.box_slices(k)
-            origin = (wx + sl[1].start, wy + sl[0].start)
-            object_id = self.next_id
-            if taken[k]:  # a sliver overlaps a neighbour's object: keep only the free pixels
-                mask = (found.owned[sl] == k + 1) & ~occupied[sl]
-                if mask.sum() < max(self.min_pixels, 1):
-                    self.duplicates += 1
-                    continue
-                self._check_inside(object_id, origin, mask.shape)
-                image = window[sl]
-                record = measure_object(object_id=object_id, mask=mask, image=image, origin=origin,
-                                        factor=self.factor, mpp=self.mpp, bounds=self.bounds,
-                                        class_name=self.classify(mask, image) if self.classify else None)
+            mask = (found.owned[sl] == k + 1) & ~occupied[sl]
+            if mask.sum() < max(self.min_pixels, 1):
+                kept[k] = False
+                self.duplicates += 1
             else:
-                self._check_inside(object_id, origin, (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start))
-                record = dataclasses.replace(found.records[k], id=object_id)
-            self.next_id += 1
-            ids[k + 1] = object_id
+                free_pixels[k] = mask
+        written = np.nonzero(kept)[0]
+        if written.size == 0:
+            return []
+        self._check_inside(self.next_id, found.boxes[written], wx, wy)
+        ids = np.zeros(found.count + 1, np.uint32)  # candidate -> slide-wide id (0: not written)
+        ids[written + 1] = self.next_id + np.arange(written.size, dtype=np.uint32)
+        records: list[ObjectRecord] = []
+        for k in written.tolist():
+            object_id = int(ids[k + 1])
+            mask = free_pixels.get(k)
+            if mask is None:
+                record = found.records[k]
+                object.__setattr__(record, "id", object_id)  # the tile's own record: nobody else holds it
+            else:
+                sl = found.box_slices(k)
+                image = window[sl]
+                record = measure_object(object_id=object_id, mask=mask, image=image,
+                                        origin=(wx + sl[1].start, wy + sl[0].start), factor=self.factor, mpp=self.mpp,
+                                        bounds=self.bounds,
+                                        class_name=self.classify(mask, image) if self.classify else None)
             records.append(record)
-            self.total_area_px += record.area_px
-            self.truncated += int(found.touches_edge[k])
-        if records:
-            written = ids[found.owned]
-            self.canvas.write(wx, wy, np.where(occupied | (written == 0), current, written).astype(current.dtype))
+        self.next_id += written.size
+        self.total_area_px += sum(record.area_px for record in records)
+        self.truncated += int(found.touches_edge[written].sum())
+        on_canvas = ids[found.owned]
+        self.canvas.write(wx, wy, np.where(occupied | (on_canvas == 0), current, on_canvas).astype(current.dtype))
         return records
 
-    def _check_inside(self, object_id: int, origin: tuple[int, int], shape: tuple[int, int]) -> None:
-        """Raise :class:`InvariantError` unless the object's bounding box lies inside the canvas."""
-        x0, y0 = origin
-        if x0 < 0 or y0 < 0 or x0 + shape[1] > self.canvas.width or y0 + shape[0] > self.canvas.height:
+    def _check_inside(self, first_id: int, boxes: np.ndarray, wx: int, wy: int) -> None:
+        """Raise :class:`InvariantError` unless every bounding box ((y0, y1, x0, x1) in the window at
+        ``(wx, wy)``, of consecutive ids from ``first_id``) lies inside the canvas."""
+        y0, y1, x0, x1 = wy + boxes[:, 0], wy + boxes[:, 1], wx + boxes[:, 2], wx + boxes[:, 3]
+        outside = np.nonzero((x0 < 0) | (y0 < 0) | (x1 > self.canvas.width) | (y1 > self.canvas.height))[0]
+        if outside.size:
+            i = int(outside[0])
             raise InvariantError(
-                f"object {object_id} spans x {x0}..{x0 + shape[1]}, y {y0}..{y0 + shape[0]}, outside the "
+                f"object {first_id + i} spans x {x0[i]}..{x1[i]}, y {y0[i]}..{y1[i]}, outside the "
                 f"{self.canvas.width}x{self.canvas.height} image"
             )
 
