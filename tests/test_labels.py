@@ -65,3 +65,19 @@ def test_canvas_cache_gives_what_was_written_whatever_its_size(tmp_path, cache_c
     canvas.build_pyramid(min_side=64)
     assert np.array_equal(np.asarray(canvas.levels[1][:]), expected[::2, ::2])
     canvas.close()
+
+
+@pytest.mark.parametrize("tiles_per_read", [1, 3, 16])
+def test_export_tiles_are_the_canvas_whatever_the_read_span(tmp_path, tiles_per_read):
+    canvas = LabelCanvas(tmp_path / "c.zarr", 3000, 700, chunk=128)
+    rng = np.random.default_rng(tiles_per_read)
+    for _ in range(5):  # sparse: some reads are skipped, some tiles of a read are empty
+        canvas.merge(int(rng.integers(-50, 2900)), int(rng.integers(-50, 600)),
+                     rng.integers(0, 9, (150, 260)).astype(np.uint32))
+    full = canvas.levels[0][:]
+    tiles = list(canvas.iter_tiles(0, 128, tiles_per_read=tiles_per_read))
+    rows, cols = -(-700 // 128), -(-3000 // 128)
+    assert len(tiles) == rows * cols and all(t.shape == (128, 128) for t in tiles)
+    mosaic = np.block([[tiles[r * cols + c] for c in range(cols)] for r in range(rows)])
+    np.testing.assert_array_equal(mosaic[:700, :3000], full)
+    assert not mosaic[700:].any() and not mosaic[:, 3000:].any()

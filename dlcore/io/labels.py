@@ -211,24 +211,32 @@ class LabelCanvas:
                         level[by:by + block, bx:bx + block] = np.asarray(prev[y0:y1, x0:x1])[::2, ::2]
             self._levels.append(level)
 
-    def iter_tiles(self, level: int, tile: int) -> Iterator[np.ndarray]:
+    def iter_tiles(self, level: int, tile: int, *, tiles_per_read: int = 16) -> Iterator[np.ndarray]:
         """Tiles of ``level`` in row-major order, each ``tile x tile`` (edges zero-padded).
 
-        Tiles over chunks that were never stored are yielded as zeros without reading the store.
+        Tiles over chunks that were never stored are yielded as zeros without reading the store; the
+        others are read ``tiles_per_read`` neighbours of a row at a time (a zarr call costs milliseconds
+        of its own, more than decoding a chunk), so at most ``tile x tiles_per_read x tile`` labels are held.
         """
         array = self.levels[level]
         stored = self.stored_chunks(level)
         empty = np.zeros((tile, tile), dtype=self.dtype)
         h, w = array.shape
+        span = tile * max(1, tiles_per_read)
         for ty in range(0, h, tile):
-            for tx in range(0, w, tile):
-                if not self._has_labels(stored, ty, tx, min(ty + tile, h), min(tx + tile, w)):
-                    yield empty
-                    continue
-                block = np.asarray(array[ty:ty + tile, tx:tx + tile])
-                if block.shape != (tile, tile):
-                    block = np.pad(block, ((0, tile - block.shape[0]), (0, tile - block.shape[1])))
-                yield block
+            y1 = min(ty + tile, h)
+            for gx in range(0, w, span):
+                g1 = min(gx + span, w)
+                band = np.asarray(array[ty:y1, gx:g1]) if self._has_labels(stored, ty, gx, y1, g1) else None
+                for tx in range(gx, g1, tile):
+                    x1 = min(tx + tile, w)
+                    if band is None or not self._has_labels(stored, ty, tx, y1, x1):
+                        yield empty
+                        continue
+                    block = band[:, tx - gx:x1 - gx]
+                    if block.shape != (tile, tile):
+                        block = np.pad(block, ((0, tile - block.shape[0]), (0, tile - block.shape[1])))
+                    yield block
 
     def write_ome_tiff(self, path: Path, *, mpp: float | None, tile: int = 256, name: str = "labels") -> Path:
         """Export the pyramid as a tiled, zlib-compressed pyramidal OME-TIFF (SubIFDs)."""
