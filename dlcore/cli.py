@@ -71,6 +71,9 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--no-tissue-detection", action="store_true", help="analyse the whole image, not just detected tissue")
     p.add_argument("--label-format", choices=("ome-tiff", "ome-zarr"), default="ome-tiff", help="label image format")
     p.add_argument("--reader-threads", type=int, help="tile prefetch threads (default: from the configuration)")
+    p.add_argument("--slides-at-once", type=int, metavar="N",
+                   help="analyse N slides side by side, each with its share of the cores (default: from the "
+                        "configuration, 1)")
     _add_task_arguments(p)
     p.set_defaults(func=cmd_run)
 
@@ -119,42 +122,38 @@ def _task_params(args) -> dict:
 
 
 def cmd_run(args) -> int:
+    from dlcore.batch import SlideJob, analyse_slides
     from dlcore.config import load_config
-    from dlcore.io import open_slide
     from dlcore.io.local import expand_slide_paths
-    from dlcore.io.local_sink import LocalFolderSink
     from dlcore.progress import TqdmProgress
     from dlcore.tasks import resolve_task
-    from dlcore.workflows import RunOptions, analyse_slide
+    from dlcore.workflows import RunOptions
 
     config = load_config()
-    task = resolve_task(args.task, _task_params(args), config=config)
+    params = _task_params(args)
+    task = resolve_task(args.task, params, config=config)  # bad parameters fail here, before any slide
     options = RunOptions(
         mpp=args.mpp, detect_tissue=not args.no_tissue_detection,
         reader_threads=args.reader_threads or config.reader_threads, work_dir=config.work_dir,
     )
-    sink_factory = lambda: LocalFolderSink(args.out, label_format=args.label_format)  # noqa: E731
     slides, skipped = expand_slide_paths(args.slides)
     for path, reason in skipped:
         print(f"- skipped {path}: {reason}", file=sys.stderr)
     if not slides:
         print("error: no slide files to analyse", file=sys.stderr)
         return EXIT_FAILED
+    at_once = args.slides_at_once or config.slides_at_once
+    if at_once > 1 and len(slides) > 1:
+        print(f"{min(at_once, len(slides))} slides at a time, each in its own process", file=sys.stderr)
+    job = SlideJob(task=args.task, params=params, out=args.out, label_format=args.label_format, options=options)
     failures = 0
-    for path in slides:
-        progress = TqdmProgress(prefix=f"{path.name} ")
-        try:
-            slide = open_slide(path)
-            try:
-                result = analyse_slide(slide, task, sink_factory(), options=options, progress=progress)
-            finally:
-                slide.close()
-                progress.close()
-        except DlcoreError as exc:
+    for outcome in analyse_slides(job, slides, at_once=at_once, task=task,
+                                  progress_for=lambda path: TqdmProgress(prefix=f"{path.name} ")):
+        if outcome.error is not None:
             failures += 1
-            print(f"✗ {path}: {exc}", file=sys.stderr)
-            continue
-        _print_result(path, result)
+            print(f"✗ {outcome.path}: {outcome.error}", file=sys.stderr)
+        else:
+            _print_result(outcome.path, outcome)
     if len(slides) > 1 or skipped:
         print(f"{len(slides) - failures} of {len(slides)} slides done, {failures} failed"
               + (f", {len(skipped)} skipped" if skipped else ""))

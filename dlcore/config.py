@@ -17,6 +17,7 @@ With none, the defaults below apply.  The file is TOML::
     reader_threads = 2                  # tile prefetch threads
     workers = 0                         # worker processes for the tiles' CPU work (0: from the cores)
     torch_threads = 0                   # torch CPU threads for a model on the CPU (0: half the cores)
+    slides_at_once = 1                  # slides of one `dlcore run` analysed side by side
     roi_cap = 5000                      # most ROIs written to OMERO per image and run
     work_dir = ""                       # scratch space ("" = system temp)
 
@@ -72,6 +73,7 @@ class Config:
     reader_threads: int = 2
     workers: int = 0
     torch_threads: int = 0
+    slides_at_once: int = 1
     roi_cap: int = 5000
     work_dir: Path | None = None
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
@@ -98,7 +100,7 @@ class Config:
         where = f" in {self.source}" if self.source else ""
         if not (self.device in _DEVICE_CHOICES or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r}{where} is not one of auto, cpu, cuda, cuda:N")
-        for name in ("batch_size", "reader_threads"):
+        for name in ("batch_size", "reader_threads", "slides_at_once"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}{where} must be at least 1")
         for name in ("workers", "torch_threads"):

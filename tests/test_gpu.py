@@ -42,7 +42,7 @@ def test_unet_on_the_gpu_matches_the_cpu(cuda, slide_path):  # noqa: F811
     on_gpu, on_cpu = gpu.probabilities([window])[0], cpu.probabilities([window])[0]
     assert on_gpu.shape == on_cpu.shape
     assert np.abs(on_gpu - on_cpu).max() < 0.1  # bf16 rounding, not a different result
-    fg_gpu, fg_cpu = on_gpu[0] < 0.5, on_cpu[0] < 0.5
+    fg_gpu, fg_cpu = on_gpu[0] > 0.5, on_cpu[0] > 0.5  # channel 0: foreground (sigmoid), 1: boundary
     assert fg_cpu.sum() > 1000
     assert (fg_gpu & fg_cpu).sum() / (fg_gpu | fg_cpu).sum() > 0.98
 

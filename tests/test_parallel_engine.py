@@ -110,3 +110,27 @@ def test_core_share(monkeypatch):
 
     with pytest.raises(ConfigError, match="DLCORE_CORES"):
         available_cores()
+
+
+def test_slides_at_once_give_what_one_after_the_other_gives(tmp_path):
+    """Two slides side by side, each in its own process with half the cores: the same files as one after
+    the other; a slide that fails is reported and the others still finish."""
+    from dlcore.batch import SlideJob, analyse_slides, cores_per_slide
+
+    paths = [write_synthetic_slide(tmp_path / f"s{i}.ome.tif", SyntheticSlideSpec(width=1024, height=768, seed=i))
+             for i in (1, 2)]
+    broken = tmp_path / "broken.ome.tif"
+    broken.write_bytes(b"not a tiff")
+    digests = {}
+    for at_once in (1, 2):
+        job = SlideJob(task="nuclei-classical", params={"tile_size": 384}, out=tmp_path / f"out{at_once}",
+                       label_format="ome-tiff", options=RunOptions())
+        outcomes = {o.path.name: o for o in analyse_slides(job, [*paths, broken], at_once=at_once)}
+        assert set(outcomes) == {"s1.ome.tif", "s2.ome.tif", "broken.ome.tif"}
+        assert outcomes["broken.ome.tif"].error and "broken.ome.tif" in outcomes["broken.ome.tif"].error
+        assert all(outcomes[p.name].summary["objects"] > 20 for p in paths)
+        digests[at_once] = {(p.stem, name): hashlib.sha256((job.out / p.name.split(".")[0] / "nuclei-classical" / name)
+                                                           .read_bytes()).hexdigest()
+                            for p in paths for name in ("objects.csv", "objects.geojson")}
+    assert digests[2] == digests[1]
+    assert cores_per_slide(2) == max(1, available_cores() // 2)

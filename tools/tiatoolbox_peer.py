@@ -11,7 +11,9 @@ per-channel sigmoid, as rdf.yaml's ``output_activation: sigmoid`` says) run by T
 Geometry: with ``--output-patch 512`` (default) ``infer_batch`` keeps the central 512 px of each
 576 px prediction and TIAToolbox places input windows at ``core - 32``: the same reads and cores as
 dlcore's tile grid (tile 512, halo 32). ``--output-patch 576`` keeps the whole prediction: windows
-start at the cores (no halo in front) and TIAToolbox averages the 64 px overlaps.
+start at the cores (no halo in front) and TIAToolbox averages the 64 px overlaps. Left unequal
+either way: TIAToolbox pads outside the slide with white (dlcore mirrors), keeps a patch when its
+input window touches its own tissue mask (Otsu at 1.25x), and writes zeros where it ran no patch.
 
 Its venv (the peer's own, not dlcore's)::
 
@@ -49,7 +51,7 @@ MPP, PATCH, STRIDE = 0.5, 576, 512
 
 
 class NucleiUNet(ModelABC):
-    """The TorchScript U-Net as a TIAToolbox model: NHWC uint8 in, NHWC sigmoid probabilities out."""
+    """The TorchScript U-Net as a TIAToolbox model: NHWC patches in, NHWC sigmoid probabilities out."""
 
     def __init__(self, weights: Path, crop: int) -> None:
         super().__init__()

@@ -294,6 +294,14 @@ class Network:
                         _output_internal(self.spec))
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
+        from dlcore.models.device import CPU_FORWARD_BATCH
+
+        if not self.device.is_cuda and self.spec.input_axes[0] == "batch" and x.shape[0] > CPU_FORWARD_BATCH:
+            return np.concatenate([self._forward_once(x[i:i + CPU_FORWARD_BATCH])
+                                   for i in range(0, x.shape[0], CPU_FORWARD_BATCH)])
+        return self._forward_once(x)
+
+    def _forward_once(self, x: np.ndarray) -> np.ndarray:
         import torch
 
         tensor = torch.from_numpy(np.ascontiguousarray(x))
