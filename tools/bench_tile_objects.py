@@ -1,5 +1,6 @@
 """Per-object cost of stitching on four tiles of a slide: what a worker does (find, measure, outline,
-record) and what the writer does (ids and canvas, CSV/GeoJSON), in ms per object.
+record, render the CSV/GeoJSON text) and what the writer does (ids and canvas, writing the text), in
+ms per object.
 
     python tools/bench_tile_objects.py SLIDE.ome.tif
 
@@ -49,6 +50,10 @@ out = Path(tempfile.mkdtemp())
 sink = LocalFolderSink(out)
 ctx = RunContext(slide=slide.info, run_key="x", task_kind="instances", working_mpp=plan.working_mpp, factor=plan.factor, working_size=(w, h), class_names=(), class_colors=())
 sink.begin(ctx)
+from dlcore.io.object_text import with_text
+t0 = time.perf_counter()
+for f in found: with_text(f.records)
+print(f"render text (worker) {1e3*(time.perf_counter()-t0)/n:.3f} ms/object")
 t0 = time.perf_counter(); recs = [st.add_objects(t, x, f) for t, x, f in zip(tiles, windows, found)]; t1 = time.perf_counter()
 for r in recs: sink.add_objects(r)
 t2 = time.perf_counter()
