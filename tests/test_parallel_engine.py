@@ -134,3 +134,28 @@ def test_slides_at_once_give_what_one_after_the_other_gives(tmp_path):
                             for p in paths for name in ("objects.csv", "objects.geojson")}
     assert digests[2] == digests[1]
     assert cores_per_slide(2) == max(1, available_cores() // 2)
+
+
+def test_semantic_model_maps_are_identical_inline_and_in_workers(slide_path, tmp_path):
+    """The shipped tissue model: the network in the main process, the class map in the workers."""
+    from dlcore.config import Config
+    from dlcore.models.registry import load_task
+
+    task = load_task("tissue-ihc-unet", {"device": "cpu"}, config=Config(models_dir=ROOT / "models"))
+    digests = {}
+    for workers in (0, 2):
+        slide = open_slide(slide_path)
+        try:
+            result = analyse_slide(slide, task, LocalFolderSink(tmp_path / f"w{workers}"),
+                                   options=RunOptions(workers=workers))
+        finally:
+            slide.close()
+        assert result.provenance["timings"]["workers"] == workers
+        folder = tmp_path / f"w{workers}" / "ihc" / task.name
+        with tifffile.TiffFile(folder / "labels.ome.tif") as tif:
+            labels = tif.series[0].asarray()
+        assert labels.max() >= 1 and (labels > 0).mean() > 0.05  # tissue found
+        digests[workers] = (hashlib.sha256(labels.tobytes()).hexdigest(),
+                            hashlib.sha256((folder / "class_outlines.geojson").read_bytes()).hexdigest(),
+                            result.summary.get("class_pixels"))
+    assert digests[2] == digests[0]

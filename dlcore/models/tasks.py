@@ -105,6 +105,19 @@ class _ModelTask:
 
 
 @dataclass(frozen=True)
+class ClassesFromMaps:
+    """A semantic network's class map as a picklable ``(maps, window) -> labels``: the one channel
+    above ``threshold``, else the most probable class (int32, 0 = background)."""
+
+    threshold: float
+
+    def __call__(self, maps: np.ndarray, window: np.ndarray) -> np.ndarray:
+        if maps.shape[0] == 1:
+            return (maps[0] > self.threshold).astype(np.int32)
+        return np.argmax(maps, axis=0).astype(np.int32)
+
+
+@dataclass(frozen=True)
 class SemanticModelTask(_ModelTask):
     """Semantic segmentation: one class index per pixel (0 = background)."""
 
@@ -112,13 +125,13 @@ class SemanticModelTask(_ModelTask):
     kind = "semantic"
 
     def predict(self, windows: list[np.ndarray]) -> list[np.ndarray]:
-        out = []
-        for p in self.probabilities(windows):
-            if p.shape[0] == 1:
-                out.append((p[0] > self.threshold).astype(np.int32))
-            else:
-                out.append(np.argmax(p, axis=0).astype(np.int32))
-        return out
+        classes = ClassesFromMaps(self.threshold)
+        return [classes(p, w) for p, w in zip(self.probabilities(windows), windows)]
+
+    def split_for_workers(self):
+        """``(infer, postprocess)``: the network's maps in the main process (its device), the class map
+        in the engine's workers (:mod:`dlcore.tiling.pool`)."""
+        return self.probabilities, ClassesFromMaps(self.threshold)
 
     def make_stitcher(self, canvas, plan):
         from dlcore.tiling.stitch import SemanticStitcher
