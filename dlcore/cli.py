@@ -131,7 +131,6 @@ def cmd_run(args) -> int:
 
     config = load_config()
     params = _task_params(args)
-    task = resolve_task(args.task, params, config=config)  # bad parameters fail here, before any slide
     options = RunOptions(
         mpp=args.mpp, detect_tissue=not args.no_tissue_detection,
         reader_threads=args.reader_threads or config.reader_threads, work_dir=config.work_dir,
@@ -142,9 +141,12 @@ def cmd_run(args) -> int:
     if not slides:
         print("error: no slide files to analyse", file=sys.stderr)
         return EXIT_FAILED
-    at_once = args.slides_at_once or config.slides_at_once
-    if at_once > 1 and len(slides) > 1:
-        print(f"{min(at_once, len(slides))} slides at a time, each in its own process", file=sys.stderr)
+    at_once = min(args.slides_at_once or config.slides_at_once, len(slides))
+    if at_once > 1:  # each slide's process resolves the task (and loads a model) itself; this one needs none
+        task = None
+        print(f"{at_once} slides at a time, each in its own process", file=sys.stderr)
+    else:  # bad parameters fail here, before any slide
+        task = resolve_task(args.task, params, config=config)
     job = SlideJob(task=args.task, params=params, out=args.out, label_format=args.label_format, options=options)
     failures = 0
     for outcome in analyse_slides(job, slides, at_once=at_once, task=task,

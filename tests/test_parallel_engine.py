@@ -134,6 +134,9 @@ def test_slides_at_once_give_what_one_after_the_other_gives(tmp_path):
                             for p in paths for name in ("objects.csv", "objects.geojson")}
     assert digests[2] == digests[1]
     assert cores_per_slide(2) == max(1, available_cores() // 2)
+    bad = SlideJob(task="nuclei-classical", params={"sigma": -2}, out=tmp_path / "bad", label_format="ome-tiff",
+                   options=RunOptions())  # each slide's process resolves the task: each reports the bad parameter
+    assert all("sigma=-2" in o.error for o in analyse_slides(bad, paths, at_once=2))
 
 
 def test_semantic_model_maps_are_identical_inline_and_in_workers(slide_path, tmp_path):

@@ -29,7 +29,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-
 from dlcore.errors import OutputError
 from dlcore.io.object_text import csv_line, geojson_feature, text_of
 from dlcore.io.sink import RunContext, RunOutputs, check_objects_inside, object_columns
