@@ -58,12 +58,14 @@ def _param_pairs(pairs: list[str]) -> dict:
 def _add_run_parser(sub) -> None:
     p = sub.add_parser(
         "run", help="run a task or model on slides",
-        description="Run a task (e.g. nuclei-classical) or an installed model on one or more slides. "
-                    "Results go to OUT/<slide>/<task>/: labels.ome.tif, objects.csv, objects.geojson "
+        description="Run a task or an installed model on one or more slides. `nuclei` picks the shipped nuclei "
+                    "model that fits each slide (brightfield H&E/IHC or fluorescence; the classical pipeline "
+                    "without torch) and says which it chose. Results go to OUT/<slide>/<task>/: labels.ome.tif, objects.csv, objects.geojson "
                     "(QuPath: File > Import objects), overview.png, provenance.json. A re-run replaces them.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("task", help="task or model name (see `dlcore models`)")
+    p.add_argument("task", help="task or model name: nuclei (chosen per slide), nuclei-classical, or a model "
+                                "(see `dlcore models`)")
     p.add_argument("slides", nargs="+", type=Path,
                    help="slide files (OME-TIFF, SVS, NDPI, MRXS, TIFF, PNG, JPEG), or folders of them")
     p.add_argument("-o", "--out", type=Path, default=Path("dlcore-output"), help="output folder")
@@ -168,6 +170,8 @@ def _print_result(path: Path, result) -> None:
     tissue = f"{s['tissue_area_mm2']} mm² tissue" if s.get("tissue_area_mm2") is not None else f"{s['tissue_fraction']:.0%} tissue"
     seconds = result.provenance["timings"]["total_s"]
     print(f"✓ {path.name}: {what}, {tissue}, {s['tiles']} tiles, {seconds:.1f} s")
+    if s.get("task_choice"):
+        print(f"  task {s['task_choice']}")
     for warning in s.get("warnings", ()):
         print(f"  ! {warning}")
     for name, location in result.outputs.items():
@@ -221,8 +225,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from dlcore.tasks import builtin_task_names, task_parameters
+    from dlcore.tasks import AUTO_DESCRIPTIONS, AUTO_TASKS, builtin_task_names, task_parameters
 
+    for name in AUTO_TASKS:
+        print(f"{name} (chosen per slide)\n  {AUTO_DESCRIPTIONS[name]}")
     for name in builtin_task_names():
         fields = task_parameters(name)
         print(f"{name} (built-in)\n  parameters: " + ", ".join(

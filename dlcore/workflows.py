@@ -27,6 +27,7 @@ from dlcore.io.labels import LabelCanvas
 from dlcore.io.sink import ResultSink, RunContext, RunOutputs
 from dlcore.io.slide import ResolutionPlan, Slide, SlideInfo, plan_resolution, read_working, with_mpp
 from dlcore.overview import render_overview
+from dlcore.tasks.auto import AutoTask
 from dlcore.tasks.base import Task
 from dlcore.progress import ProgressCallback
 from dlcore.cores import CoreShare, share_cores
@@ -137,6 +138,9 @@ def analyse_slide(
     started = time.perf_counter()
     stage: dict[str, float] = {}
     info = with_mpp(slide.info, options.mpp)
+    choice = None
+    if isinstance(task, AutoTask):  # ``nuclei``: the task that fits this slide
+        task, choice = task.for_slide(info)
     task.check(info)
     plan = plan_resolution(info, task.mpp)
     task = task_at_resolution(task, plan)
@@ -203,9 +207,11 @@ def analyse_slide(
         )
         stage["pyramid_overview_s"] = time.perf_counter() - t0
         summary = _summary(info, task, plan, tissue, tiles, stitcher, n_objects)
+        if choice is not None:
+            summary["task_choice"] = f"{choice.requested} → {choice.chosen}: {choice.reason}"
         extra_outputs = getattr(task, "extra_outputs", None)  # optional: e.g. a heatmap, class outlines
         extra_files = extra_outputs(stitcher, scratch) if extra_outputs else {}
-        provenance = _provenance(info, task, plan, options, tissue, summary, times, stage, started)
+        provenance = _provenance(info, task, plan, options, tissue, summary, times, stage, started, choice)
         provenance["timings"]["analysis_s"] = round(time.perf_counter() - started, 3)  # before the final export
         t0 = time.perf_counter()
         outputs = sink.finish(RunOutputs(labels=canvas, overview_png=overview, provenance=provenance, summary=summary,
@@ -329,7 +335,7 @@ def check_object_area(info: SlideInfo, object_px: int, image_px: int, tissue_px:
     return []
 
 
-def _provenance(info, task, plan, options, tissue, summary, times, stage, started) -> dict:
+def _provenance(info, task, plan, options, tissue, summary, times, stage, started, choice=None) -> dict:
     return {
         "dlcore_version": dlcore.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -339,6 +345,7 @@ def _provenance(info, task, plan, options, tissue, summary, times, stage, starte
         "input": {"name": info.name, "identity": info.identity, "width": info.width, "height": info.height,
                   "levels": len(info.levels), "mpp": info.mpp, "channels": list(info.channels), "dtype": info.dtype},
         "task": task.provenance(),
+        **({"task_choice": choice.as_dict()} if choice is not None else {}),
         "resolution": {"level_read": plan.level, "resample_scale": plan.scale, "working_mpp": plan.working_mpp,
                        "level0_pixels_per_working_pixel": plan.factor},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(options).items()},

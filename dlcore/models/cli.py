@@ -58,15 +58,18 @@ def cmd_list(args) -> int:
     """Print built-in tasks and installed models."""
     from dlcore.config import load_config
     from dlcore.models.registry import list_models
-    from dlcore.tasks import builtin_task_names, task_parameters
+    from dlcore.tasks import AUTO_DESCRIPTIONS, AUTO_TASKS, builtin_task_names, task_parameters
 
     config = load_config()
     models = list_models(config)
     if getattr(args, "json", False):
-        print(json.dumps({"builtin": builtin_task_names(), "models_dir": str(config.models_dir), "models": [
+        print(json.dumps({"automatic": list(AUTO_TASKS), "builtin": builtin_task_names(), "models_dir": str(config.models_dir), "models": [
             {"name": m.name, "version": m.version, "kind": m.kind, "description": m.description, "path": str(m.path),
              "commit": m.install.get("commit")} for m in models]}, indent=2))
         return EXIT_OK
+    print("automatic tasks:")
+    for name in AUTO_TASKS:
+        print(f"  {name}\n      {AUTO_DESCRIPTIONS[name]}")
     print("built-in tasks:")
     for name in builtin_task_names():
         fields = task_parameters(name)

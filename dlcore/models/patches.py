@@ -48,7 +48,8 @@ def classify_windows(task, windows: list[np.ndarray]) -> tuple[list[np.ndarray],
                 where.append((index, r, c))
     labels = [np.zeros(w.shape[:2], np.int32) for w in windows]
     if patches:
-        probs = np.concatenate([task.network(np.stack(patches[i:i + 256])) for i in range(0, len(patches), 256)])
+        probs = np.concatenate([task.network(np.stack([task.network_input(q) for q in patches[i:i + 256]]))
+                                for i in range(0, len(patches), 256)])
         for (index, r, c), prob in zip(where, probs):
             grids[index]["probs"][r, c] = prob
             grids[index]["tissue"][r, c] = True

@@ -28,7 +28,7 @@ from dlcore.errors import ModelError, ParameterError, SlideError
 from dlcore.io.slide import SlideInfo
 from dlcore.models.loader import Network
 
-COMMON_PARAMETERS = ("mpp", "tile_size", "halo", "batch_size", "device", "weights_format")
+COMMON_PARAMETERS = ("mpp", "tile_size", "halo", "batch_size", "channel", "device", "weights_format")
 
 
 def _pad_to(window: np.ndarray, size_y: int, size_x: int) -> np.ndarray:
@@ -50,6 +50,7 @@ class _ModelTask:
     batch_size: int
     class_names: tuple[str, ...]
     class_colors: tuple[tuple[int, int, int], ...]
+    channel: int | None = None  # the one slide channel a single-channel network sees (None: all channels)
 
     kind = "semantic"
 
@@ -59,15 +60,25 @@ class _ModelTask:
 
     def check(self, info: SlideInfo) -> None:
         channels = len(info.channels)
+        if self.channel is not None:
+            if not 0 <= self.channel < channels:
+                raise SlideError(f"channel {self.channel} does not exist in {info.name}: it has channels "
+                                 f"0..{channels - 1} ({', '.join(info.channels)})")
+            channels = 1
         if channels != self.network.spec.in_channels:
+            hint = " (choose the nuclear channel with --channel N)" if self.network.spec.in_channels == 1 else ""
             raise SlideError(f"model {self.name!r} takes {self.network.spec.in_channels}-channel images but "
-                             f"{info.name} has {channels} ({', '.join(info.channels)})")
+                             f"{info.name} has {len(info.channels)} ({', '.join(info.channels)}){hint}")
         norm = self.network.spec.dlcore["normalization"]["type"]
         if norm in ("scale_0_1", "imagenet") and info.dtype != "uint8" and "max_value" not in self.network.spec.dlcore["normalization"]:
             raise SlideError(f"model {self.name!r} expects 8-bit images (normalisation {norm}) but {info.name} is {info.dtype}")
 
+    def network_input(self, window: np.ndarray) -> np.ndarray:
+        """The channels of a ``(Y, X, C)`` window the network sees (all, or ``channel`` alone)."""
+        return window if self.channel is None else window[..., self.channel:self.channel + 1]
+
     def prepare(self, samples: list[np.ndarray]) -> "_ModelTask":
-        return dataclasses.replace(self, network=self.network.fit(samples))
+        return dataclasses.replace(self, network=self.network.fit([self.network_input(s) for s in samples]))
 
     @property
     def on_gpu(self) -> bool:
@@ -78,6 +89,7 @@ class _ModelTask:
         """Per-window ``(C, Y, X)`` probabilities, windows padded to a valid size and cropped back."""
         if not windows:
             return []
+        windows = [self.network_input(w) for w in windows]
         spec = self.network.spec
         size_y = spec.valid_size(max(w.shape[0] for w in windows))
         size_x = spec.valid_size(max(w.shape[1] for w in windows))
@@ -96,7 +108,7 @@ class _ModelTask:
             "device": self.network.device.name, "autocast": self.network.device.autocast_dtype,
             "preprocessing": self.network.pre.describe(), "output_activation": self.network.activation,
             "parameters": {"mpp": self.mpp, "tile_size": self.tile_size, "halo": self.halo, "batch_size": self.batch_size,
-                           **self._extra_parameters()},
+                           "channel": self.channel, **self._extra_parameters()},
             "dlcore_config_from_package": not spec.foreign,
         }
 
@@ -211,7 +223,8 @@ class PatchClassifierTask(_ModelTask):
     kind = "semantic"
 
     def prepare(self, samples: list[np.ndarray]) -> "PatchClassifierTask":
-        return dataclasses.replace(self, network=self.network.fit(samples), _pending=collections.deque())
+        return dataclasses.replace(self, network=self.network.fit([self.network_input(s) for s in samples]),
+                                   _pending=collections.deque())
 
     def predict(self, windows: list[np.ndarray]) -> list[np.ndarray]:
         from dlcore.models.patches import classify_windows
@@ -244,19 +257,28 @@ class PatchClassifierTask(_ModelTask):
 def build_task(network: Network, params: dict, *, batch_size: int = 8) -> _ModelTask:
     """The task for a loaded network with the user's ``params`` applied over the package's settings.
 
-    Parameters common to every model: ``mpp``, ``tile_size``, ``halo``, ``batch_size``; semantic:
+    Parameters common to every model: ``mpp``, ``tile_size``, ``halo``, ``batch_size``, ``channel`` (a
+    single-channel model: the slide channel it sees, e.g. the DAPI of a multiplex); semantic:
     ``threshold``; instances: any ``postprocess`` key (e.g. ``fg_threshold``, ``min_size``); patch
     classification: ``min_tissue``.  Unknown names are an error listing the valid ones.
     """
     cfg = network.spec.dlcore
     kind = cfg["kind"]
     params = dict(params)
-    common = {"mpp": cfg["mpp"], "tile_size": cfg["tile_size"], "halo": cfg["halo"], "batch_size": batch_size}
+    common = {"mpp": cfg["mpp"], "tile_size": cfg["tile_size"], "halo": cfg["halo"], "batch_size": batch_size,
+              "channel": None}
     for key in common:
         if key in params and params[key] is not None:
             common[key] = params.pop(key)
     if network.spec.foreign and network.spec.sizes["y"][1] == 0:  # a fixed-size network: tiles fit it
         common["tile_size"] = network.spec.sizes["y"][0] - 2 * common["halo"]
+    if common["channel"] is not None:
+        if isinstance(common["channel"], bool) or not isinstance(common["channel"], int) or common["channel"] < 0:
+            raise ParameterError(f"model {network.spec.name!r}: channel={common['channel']!r} must be a channel index "
+                                 "(0 for the first)")
+        if network.spec.in_channels != 1:
+            raise ParameterError(f"model {network.spec.name!r} takes {network.spec.in_channels} channels; channel= "
+                                 "picks the one channel of a single-channel model")
     if common["tile_size"] < 1 or common["halo"] < 0 or common["batch_size"] < 1:
         raise ParameterError(f"model {network.spec.name!r}: tile_size, halo and batch_size must be positive ({common})")
     base = dict(network=network, class_names=tuple(cfg["classes"]),

@@ -100,9 +100,9 @@ def available_tasks(config=None) -> list[str]:
 
     Read when OMERO parses the script, with no user at hand, so models trained in a group are not
     named here (List_Models shows each user the ones of their groups)."""
-    from dlcore.tasks import builtin_task_names
+    from dlcore.tasks import task_names
 
-    names = list(builtin_task_names())
+    names = task_names()  # "nuclei" first: the default, which picks the model that fits each image
     for model in _installed_models(config):
         if model.name not in names and model.owner is None:
             names.append(model.name)
@@ -282,9 +282,9 @@ def _check_may_use(conn, name: str) -> None:
     shared or belongs to one of their groups); a name that is neither is left to the run to report."""
     from dlcore.errors import ModelError
     from dlcore.omero.model_access import usable_model
-    from dlcore.tasks import builtin_task_names
+    from dlcore.tasks import task_names
 
-    if name in builtin_task_names():
+    if name in task_names():
         return
     try:
         usable_model(conn, name)
@@ -295,9 +295,10 @@ def _check_may_use(conn, name: str) -> None:
 def models_text(config=None, models=None) -> str:
     """Built-in tasks with their parameters, then each model's card: ``models`` (records), by default
     every model installed on this node."""
-    from dlcore.tasks import builtin_task_class, builtin_task_names, task_parameters
+    from dlcore.tasks import AUTO_DESCRIPTIONS, AUTO_TASKS, builtin_task_class, builtin_task_names, task_parameters
 
-    lines = ["Built-in pipelines:"]
+    lines = ["Chosen for each image:"] + [f"- {name}: {AUTO_DESCRIPTIONS[name]}" for name in AUTO_TASKS]
+    lines += ["", "Built-in pipelines:"]
     for name in builtin_task_names():
         doc = (builtin_task_class(name).__doc__ or "").strip().splitlines()[0]
         params = ", ".join(f"{k}={f.default!r}" for k, f in task_parameters(name).items()

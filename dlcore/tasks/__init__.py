@@ -13,6 +13,17 @@ from typing import Any
 from dlcore.errors import ModelError, ParameterError
 
 BUILTIN_TASKS = {"nuclei-classical": "dlcore.tasks.classical:ClassicalNuclei"}
+AUTO_TASKS = ("nuclei",)  # a name that picks its task from each slide (dlcore.tasks.auto)
+AUTO_DESCRIPTIONS = {
+    "nuclei": "nuclei with the shipped model that fits each image: nuclei-brightfield-unet for 8-bit RGB "
+              "(H&E, IHC), nuclei-fluorescence-unet for anything else (on the nuclear channel: --channel N, "
+              "or the one named DAPI/Hoechst); nuclei-classical where torch or the model is missing",
+}
+
+
+def task_names() -> list[str]:
+    """The automatic task names, then the built-in tasks (models from the registry come on top)."""
+    return [*AUTO_TASKS, *builtin_task_names()]
 
 
 def builtin_task_names() -> list[str]:
@@ -43,13 +54,18 @@ def build_builtin_task(name: str, params: dict[str, Any]):
 
 
 def resolve_task(name: str, params: dict[str, Any] | None = None, *, config=None):
-    """The task called ``name``: a built-in task, or a model installed in the registry.
+    """The task called ``name``: a built-in task, an automatic one (``nuclei``: the task is chosen when
+    the slide is open, see :mod:`dlcore.tasks.auto`), or a model installed in the registry.
 
     Raises :class:`~dlcore.errors.ModelError` naming what is installed when nothing matches.
     """
     params = dict(params or {})
     if name in BUILTIN_TASKS:
         return build_builtin_task(name, params)
+    if name in AUTO_TASKS:  # chosen per slide, when the slide is open
+        from dlcore.tasks.auto import AutoTask
+
+        return AutoTask(name, params, config)
     try:
         registry = importlib.import_module("dlcore.models.registry")
     except ModuleNotFoundError:

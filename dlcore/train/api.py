@@ -19,7 +19,7 @@ import numpy as np
 
 from dlcore.errors import InputError, ParameterError
 from dlcore.train.data import AnnotatedDataset, describe
-from dlcore.train.evaluate import evaluate, headline, instance_postprocess
+from dlcore.train.evaluate import evaluate, headline, instance_postprocess, tune_postprocess
 from dlcore.train.metrics import summarise_folds
 from dlcore.train.spec import TrainResult, TrainSpec
 from dlcore.train.splits import kfold_by_group, split_by_group
@@ -77,8 +77,9 @@ def _dataset_mpp(dataset: AnnotatedDataset) -> float | None:
     return float(np.median(values)) if all(v is not None for v in values) else None
 
 
-def dlcore_config(dataset: AnnotatedDataset, spec: TrainSpec) -> dict:
-    """The ``config.dlcore`` block of the package (see :mod:`dlcore.models.spec`)."""
+def dlcore_config(dataset: AnnotatedDataset, spec: TrainSpec, post: dict | None = None) -> dict:
+    """The ``config.dlcore`` block of the package (see :mod:`dlcore.models.spec`); ``post``: the
+    instance watershed settings (default :func:`~dlcore.train.evaluate.instance_postprocess`)."""
     dtype = dataset.samples[0].image.dtype
     max_value = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
     cfg = {"name": spec.name, "mpp": _dataset_mpp(dataset), "tile_size": spec.tile_size, "halo": spec.halo,
@@ -88,7 +89,7 @@ def dlcore_config(dataset: AnnotatedDataset, spec: TrainSpec) -> dict:
         cfg.update(kind="semantic", output_activation="softmax")
     elif dataset.task == "instances":
         cfg.update(kind="instances", output_activation="sigmoid",
-                   postprocess=instance_postprocess(spec))
+                   postprocess=post or instance_postprocess(spec))
     else:
         tile = spec.patch_size * max(1, spec.tile_size // spec.patch_size)
         cfg.update(kind="patch_classification", output_activation="softmax", patch_size=spec.patch_size,
@@ -137,7 +138,14 @@ def card_markdown(spec: TrainSpec, dataset: AnnotatedDataset, split_sizes: dict,
               f"early stopping patience {spec.patience}), {spec.steps_per_epoch} steps x batch {spec.batch_size}, "
               f"patch {spec.patch_size} px, AdamW lr {spec.lr}",
               f"- augmentations: {dataclasses.asdict(spec.augment)}",
-              f"- training time: {history['seconds']:.0f} s on CPU ({spec.threads} threads)", ""]
+              f"- training time: {history['seconds']:.0f} s on CPU ({spec.threads} threads)"]
+    tuning = history.get("postprocess_tuning")
+    if tuning:
+        best = max(row["f1"] for row in tuning["grid"])
+        lines.append(f"- watershed settings chosen on the validation images (best F1 {best:.3f} over boundary "
+                     f"thresholds {sorted({r['boundary_threshold'] for r in tuning['grid']})} x seed sizes "
+                     f"{sorted({r['min_seed_size'] for r in tuning['grid']})}): {tuning['chosen']}")
+    lines.append("")
     lines += ["## Validation (held-out test split)", ""]
     if test:
         lines += ["Measured on the held-out test images only (never seen in training or early stopping):", "",
@@ -220,9 +228,16 @@ def train_model(dataset: AnnotatedDataset, *, spec: TrainSpec, out_registry: Pat
         train, val, test = (dataset.subset(i) for i in (split.train, split.val, split.test))
         history = train_network(model, train, val if split.val else None, spec, frozen=spec.freeze_stages,
                                 progress=progress, stage="train").as_dict()
+        post, tuning = None, None
+        if dataset.task == "instances" and spec.tune_postprocess and split.val:
+            if progress:
+                progress("tune post-processing", 0, 1)
+            post, grid = tune_postprocess(model, val, spec)
+            tuning = {"chosen": {k: post[k] for k in ("boundary_threshold", "min_seed_size")}, "grid": grid}
+            history["postprocess_tuning"] = tuning
         if progress:
             progress("evaluate", 0, 1)
-        test_metrics, predictions = evaluate(model, test, spec) if split.test else ({}, {})
+        test_metrics, predictions = evaluate(model, test, spec, post) if split.test else ({}, {})
         if progress:
             progress("evaluate", 1, 1)
         summary = describe(dataset)
@@ -232,7 +247,8 @@ def train_model(dataset: AnnotatedDataset, *, spec: TrainSpec, out_registry: Pat
                                  describe(test) if test.samples else None)
             metrics = {"test": headline(test_metrics, spec.task) if test_metrics else None,
                        "kfold": kfold["summary"] if kfold else None, "split": sizes,
-                       "epochs_run": history["epochs_run"], "train_seconds": history["seconds"]}
+                       "epochs_run": history["epochs_run"], "train_seconds": history["seconds"],
+                       "postprocess_tuning": tuning}
             training_data = {"description": spec.training_data, "samples": summary["samples"],
                              "groups": summary["groups"], "classes": list(dataset.classes),
                              "base_model": base_model, "freeze_stages": spec.freeze_stages,
@@ -240,7 +256,7 @@ def train_model(dataset: AnnotatedDataset, *, spec: TrainSpec, out_registry: Pat
                                       if k not in ("description", "training_data", "limits")}}
             package = write_package(
                 folder, name=spec.name, description=spec.description or f"{spec.task} model trained with dlcore",
-                model=model, architecture=arch, dlcore_config=dlcore_config(dataset, spec),
+                model=model, architecture=arch, dlcore_config=dlcore_config(dataset, spec, post),
                 test_input=_test_input(test if test.samples else train, spec, int(getattr(model, "divisor", 1))),
                 cover=_cover(test, predictions, train), card_markdown=card, authors=list(spec.authors),
                 tags=list(spec.tags) or ["dlcore", spec.task], version=version,

@@ -25,6 +25,10 @@ class AugmentSpec:
     brightness : multiplicative brightness jitter (0 = none).
     blur_probability : probability of a Gaussian blur.
     blur_sigma : maximum blur sigma in pixels.
+    scale_jitter : random zoom by a factor in ``[1 / (1 + s), 1 + s]`` (0 = none), image and mask alike,
+        for tolerance to pixel sizes other than the model's.
+    ihc_probability : instances on RGB H&E only: probability that a training tile is re-stained as IHC
+        (:func:`dlcore.train.restain.as_ihc`, exact masks kept).
     """
 
     flips: bool = True
@@ -34,11 +38,13 @@ class AugmentSpec:
     brightness: float = 0.05
     blur_probability: float = 0.2
     blur_sigma: float = 1.5
+    scale_jitter: float = 0.0
+    ihc_probability: float = 0.0
 
     @classmethod
     def none(cls) -> "AugmentSpec":
         """No augmentation at all."""
-        return cls(False, False, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(False, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def geometric(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator, spec: AugmentSpec):

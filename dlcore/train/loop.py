@@ -18,8 +18,8 @@ from dlcore.errors import ModelError, ParameterError
 from dlcore.train.augment import augment
 from dlcore.train.data import AnnotatedDataset
 from dlcore.train.spec import TrainSpec
-from dlcore.train.targets import (center_crop, grid_crops, instance_targets, normalize, random_crop,
-                                  two_channel_targets)
+from dlcore.train.targets import (center_crop, grid_crops, instance_targets, normalize, random_crops, resize_tile,
+                                  two_channel_targets, whole_image_normalized)
 
 log = logging.getLogger(__name__)
 
@@ -120,27 +120,44 @@ class Batches:
             self.targets = [s.mask.astype(np.int64) for s in dataset.samples]
         else:
             self.targets = [None] * len(dataset.samples)
+        # percentile statistics are the whole image's (as the engine's are the slide's), never a tile's
+        self.images = [whole_image_normalized(s.image, spec.normalization) for s in dataset.samples]
         areas = np.array([s.image.shape[0] * s.image.shape[1] for s in dataset.samples], float)
         self.weights = areas / areas.sum() if dataset.task != "classification" else None
 
     def _pair(self, index: int, image: np.ndarray, target):
-        x = normalize(image, self.spec.normalization)
+        x = normalize(image, "scale_0_1" if self.spec.normalization == "percentile" else self.spec.normalization)
         if self.dataset.task == "classification":
             return x, self.class_index[self.dataset.samples[index].label]
         if self.dataset.task == "instances":
             return x, two_channel_targets(target)
         return x, np.ascontiguousarray(target, dtype=np.int64)
 
+    def _training_tile(self, index: int):
+        """One augmented ``(image, target)`` training tile of sample ``index`` (the patch size)."""
+        size, augment_spec, rng = self.spec.patch_size, self.spec.augment, self.rng
+        zoom = float(np.exp(rng.uniform(-1, 1) * np.log1p(augment_spec.scale_jitter))) if augment_spec.scale_jitter else 1.0
+        side = max(8, int(round(size / zoom)))
+        sample = self.dataset.samples[index]
+        ids = sample.mask if self.dataset.task == "instances" else None
+        image, target, ids = random_crops(self.images[index], self.targets[index], ids, side, rng)
+        if (ids is not None and image.shape[-1] == 3 and image.dtype == np.uint8
+                and augment_spec.ihc_probability and rng.random() < augment_spec.ihc_probability):
+            from dlcore.train.restain import as_ihc
+
+            image = as_ihc(image, ids, rng)
+        if side != size:
+            image, target = resize_tile(image, target, size)
+        return augment(image, target, rng, augment_spec)
+
     def train_batch(self):
         """A batch ``(x (B, C, P, P) float32, y)`` of augmented random tiles or patches."""
-        size, xs, ys = self.spec.patch_size, [], []
+        xs, ys = [], []
         n = len(self.dataset.samples)
         picks = self.rng.choice(n, self.spec.batch_size, p=self.weights) if self.weights is not None \
             else self.rng.integers(0, n, self.spec.batch_size)
         for i in picks:
-            sample = self.dataset.samples[i]
-            image, target = random_crop(sample.image, self.targets[i], size, self.rng)
-            image, target = augment(image, target, self.rng, self.spec.augment)
+            image, target = self._training_tile(int(i))
             x, y = self._pair(i, image, target)
             xs.append(x)
             ys.append(y)
@@ -151,10 +168,10 @@ class Batches:
         pairs = []
         for i, sample in enumerate(self.dataset.samples):
             if self.dataset.task == "classification":
-                pairs.append(self._pair(i, center_crop(sample.image, self.spec.patch_size), None))
+                pairs.append(self._pair(i, center_crop(self.images[i], self.spec.patch_size), None))
             else:
                 per = max(limit // len(self.dataset.samples), 1)
-                pairs += [self._pair(i, im, t) for im, t in grid_crops(sample.image, self.targets[i],
+                pairs += [self._pair(i, im, t) for im, t in grid_crops(self.images[i], self.targets[i],
                                                                         self.spec.patch_size, limit=per)]
         b = self.spec.batch_size
         for start in range(0, len(pairs), b):

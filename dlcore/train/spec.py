@@ -33,6 +33,8 @@ class TrainSpec:
     normalization : input normalisation recorded in the package (``scale_0_1``: uint8 / 255).
     boundary_width : instance targets: width in pixels of the boundary class.
     min_size : instance post-processing: smallest object kept, pixels.
+    tune_postprocess : instances: choose the watershed's boundary threshold and seed size on the
+        validation images (:func:`dlcore.train.evaluate.tune_postprocess`) instead of the defaults.
     tile_size, halo : inference tiling written into the package.
     threads : torch CPU threads.
     max_seconds : stop training (keeping the best epoch) after this long; None = no limit.
@@ -66,6 +68,7 @@ class TrainSpec:
     normalization: str = "scale_0_1"
     boundary_width: int = 2
     min_size: int = 30
+    tune_postprocess: bool = True
     tile_size: int = 512
     halo: int = 32
     threads: int = 2

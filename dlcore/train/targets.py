@@ -3,7 +3,7 @@
 - :func:`normalize`: the input normalisation recorded in the package;
 - :func:`instance_targets`: instance ids → (0 background, 1 foreground interior, 2 boundary), and
   :func:`two_channel_targets` → the network's (foreground, boundary) sigmoid targets;
-- :func:`random_crop` / :func:`grid_crops`: training tiles and deterministic validation tiles.
+- :func:`random_crops` / :func:`grid_crops`: training tiles and deterministic validation tiles.
 """
 from __future__ import annotations
 
@@ -67,14 +67,37 @@ def pad_to(image: np.ndarray, height: int, width: int, *, fill=0) -> np.ndarray:
     return np.pad(image, pad, constant_values=fill)
 
 
-def random_crop(image: np.ndarray, mask: np.ndarray | None, size: int, rng: np.random.Generator):
-    """A random ``size`` x ``size`` crop of the image and mask (padded first when smaller)."""
+def random_crops(image: np.ndarray, target: np.ndarray | None, ids: np.ndarray | None, size: int,
+                 rng: np.random.Generator):
+    """The same random ``size`` x ``size`` crop of an image, its target map and its instance ids (each
+    padded first when smaller: the image by reflection, the others with 0); None stays None."""
     image = pad_to(image, size, size)
-    if mask is not None:
-        mask = pad_to(mask, size, size)
+    target = None if target is None else pad_to(target, size, size)
+    ids = None if ids is None else pad_to(ids, size, size)
     y = int(rng.integers(0, image.shape[0] - size + 1))
     x = int(rng.integers(0, image.shape[1] - size + 1))
-    return image[y:y + size, x:x + size], None if mask is None else mask[y:y + size, x:x + size]
+    window = (slice(y, y + size), slice(x, x + size))
+    return image[window], None if target is None else target[window], None if ids is None else ids[window]
+
+
+def resize_tile(image: np.ndarray, target: np.ndarray | None, size: int):
+    """``image`` (linear) and ``target`` (nearest) resized to ``size`` x ``size``."""
+    import cv2
+
+    out = cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=cv2.INTER_LINEAR)
+    out = out.reshape(size, size, -1).astype(image.dtype, copy=False)
+    if target is None:
+        return out, None
+    return out, cv2.resize(np.ascontiguousarray(target.astype(np.uint8 if target.max() < 256 else np.int32)),
+                           (size, size), interpolation=cv2.INTER_NEAREST).astype(target.dtype)
+
+
+def whole_image_normalized(image: np.ndarray, kind: str) -> np.ndarray:
+    """For ``percentile``: the image scaled by its own whole-image percentiles, as float32 ``(Y, X, C)``
+    (crops of it then need no further scaling); any other kind: the image itself."""
+    if kind != "percentile":
+        return image
+    return np.ascontiguousarray(np.moveaxis(normalize(image, "percentile"), 0, -1))
 
 
 def grid_crops(image: np.ndarray, mask: np.ndarray | None, size: int, *, limit: int = 64):

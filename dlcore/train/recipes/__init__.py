@@ -1,14 +1,22 @@
 """Recipes that build the shipped models from data available offline (see shared/DESIGN.md).
 
-All three start from scikit-image's ``immunohistochemistry()`` image (a real 512 x 512 IHC section:
+The nuclei models ``dlcore run nuclei`` picks learn from real hand-drawn nuclei outlines (MoNuSeg,
+read from a local copy given with ``--data``; :mod:`.monuseg`):
+
+- ``nuclei-brightfield``: H&E and IHC (:mod:`.nuclei_brightfield`);
+- ``nuclei-fluorescence``: one nuclear-stain channel, rendered from the same images
+  (:mod:`.nuclei_fluorescence`).
+
+The other three start from scikit-image's ``immunohistochemistry()`` image (a real 512 x 512 IHC section:
 haematoxylin nuclei, DAB staining) with *automatic* annotations, never manual ones:
 
-- ``nuclei``: nuclei instances from dlcore's classical pipeline (:mod:`dlcore.tasks.classical`);
+- ``nuclei`` (``nuclei-ihc-unet``, superseded by ``nuclei-brightfield``): nuclei instances from dlcore's
+  classical pipeline (:mod:`dlcore.tasks.classical`);
 - ``tissue``: background / DAB-negative tissue / DAB-positive tissue from colour deconvolution on
   synthetic mosaics with glass (white) or black margins;
 - ``classifier``: 64 px patches of the same mosaics labelled by their majority class.
 
-The bottom-right quadrant of the image is held out: every test figure comes from pixels no training
+For those, the bottom-right quadrant of the image is held out: every test figure comes from pixels no training
 or validation sample contains.  Run one with ``python -m dlcore.train.recipes NAME [--registry DIR]``.
 """
 from __future__ import annotations
