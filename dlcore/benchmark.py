@@ -72,6 +72,8 @@ def measure(slide_path: Path, task_name: str, params: dict, *, task_alone: bool 
     task = resolve_task(task_name, params, config=config)
     out = Path(tempfile.mkdtemp(prefix="dlcore-bench-out-"))
     slide = open_slide(slide_path)
+    if hasattr(task, "for_slide"):  # an automatic task (nuclei): the task it becomes for this slide, as a run does
+        task, _choice = task.for_slide(slide.info)
     start = time.perf_counter()
     result = analyse_slide(slide, task, LocalFolderSink(out),
                            options=RunOptions(reader_threads=config.reader_threads, workers=workers))

@@ -52,6 +52,14 @@ def test_several_channels_without_one_nuclear_stain_ask_for_channel(channels, pr
         nuclear_channel(info(channels, "uint16"), 5)
 
 
+def test_a_stain_name_for_a_fluorescence_slide_is_refused_not_dropped():
+    """``--channel hematoxylin`` means a brightfield stain; on fluorescence it must not turn into "find it"."""
+    with pytest.raises(SlideError, match=r"channel='hematoxylin' names a stain.*--channel 0"):
+        choose_nuclei(info(("DAPI", "CD3"), "uint16"), {"channel": "hematoxylin"}, torch_ok=True, installed=BOTH)
+    with pytest.raises(SlideError, match="channel 2 does not exist in s: it has channels 0..1 \\(DAPI, CD3\\)"):
+        choose_nuclei(info(("DAPI", "CD3"), "uint16"), {"channel": 2}, torch_ok=True, installed=BOTH)
+
+
 def test_without_torch_or_the_model_the_classical_pipeline_runs_on_the_same_channel():
     no_torch = choose_nuclei(info(("DAPI", "CD3"), "uint16"), {}, torch_ok=False, installed=BOTH)
     assert (no_torch.chosen, no_torch.params) == (CLASSICAL_NUCLEI, {"channel": 0})

@@ -30,3 +30,10 @@ def test_benchmark_command_reports_every_figure(tmp_path, capsys):
     assert 0 < row["pipeline_efficiency"] <= 3 and row["peak_rss_mb"] > 50  # > 1: workers beat one core
     assert row["workers"] >= 1 and row["total_rss_bound_mb"] >= row["peak_rss_mb"] + row["worker_peak_rss_mb"]
     assert "| slide | workers | tissue Gpx |" in capsys.readouterr().out
+
+
+def test_benchmark_of_the_automatic_nuclei_task_times_the_task_it_becomes(tmp_path):
+    report = tmp_path / "bench.json"
+    assert main(["benchmark", "--sizes", "1024", "--task", "nuclei", "--cache", str(tmp_path), "--json", str(report)]) == 0
+    row = json.loads(report.read_text())["results"][0]
+    assert row["objects"] > 100 and row["task_alone_s"] > 0 and 0 < row["pipeline_efficiency"] <= 3

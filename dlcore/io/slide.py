@@ -59,6 +59,14 @@ class SlideInfo:
     def is_rgb(self) -> bool:
         return len(self.channels) == 3 and self.dtype == "uint8"
 
+    def channel_name(self, index: int) -> str:
+        """The name of channel ``index``; a :class:`~dlcore.errors.SlideError` naming the channels there
+        are when the slide has no such channel."""
+        if not 0 <= index < len(self.channels):
+            raise SlideError(f"channel {index} does not exist in {self.name}: it has channels "
+                             f"0..{len(self.channels) - 1} ({', '.join(self.channels)})")
+        return self.channels[index]
+
 
 @runtime_checkable
 class Slide(Protocol):

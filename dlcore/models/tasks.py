@@ -61,9 +61,7 @@ class _ModelTask:
     def check(self, info: SlideInfo) -> None:
         channels = len(info.channels)
         if self.channel is not None:
-            if not 0 <= self.channel < channels:
-                raise SlideError(f"channel {self.channel} does not exist in {info.name}: it has channels "
-                                 f"0..{channels - 1} ({', '.join(info.channels)})")
+            info.channel_name(self.channel)
             channels = 1
         if channels != self.network.spec.in_channels:
             hint = " (choose the nuclear channel with --channel N)" if self.network.spec.in_channels == 1 else ""

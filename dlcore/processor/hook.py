@@ -1,8 +1,9 @@
 """Puts dlcore's processor class in place when OMERO starts a processor in this environment.
 
-An OMERO node starts its processor as ``python runProcessor.py`` (omero-py's launcher, named by
-the ``ProcessorTemplate`` of OMERO.server's ``etc/grid/templates.xml``), and that file does
-``from omero.processor import ProcessorI``.  The Ansible role adds a one-line ``.pth`` file to the
+An OMERO 5.6 node starts its processor as ``${PYTHON} -m runProcessor`` (older versions as
+``python runProcessor.py``; the ``ProcessorTemplate`` of OMERO.server's ``etc/grid/templates.xml``
+names it), and omero-py's ``runProcessor`` does ``from omero.processor import ProcessorI``.  Both
+ways, ``sys.argv[0]`` is the path of ``runProcessor.py`` by the time that import runs.  The Ansible role adds a one-line ``.pth`` file to the
 processor's virtual environment::
 
     import dlcore.processor.hook; dlcore.processor.hook.install()

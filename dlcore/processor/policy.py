@@ -39,8 +39,15 @@ from dlcore.errors import ParameterError
 
 logger = logging.getLogger(__name__)
 
-RESERVATION_TTL_S = 60.0
-"""How long a slot stays reserved for a job this processor accepted but has not started."""
+RESERVATION_TTL_S = 10.0
+"""How long a slot stays reserved for a job this processor accepted but has not received.
+
+Every processor hears ``willAccept`` and each that says yes reserves a slot, but Blitz gives the job
+to the first yes (omero-blitz ``ProcessorCallbackI``/``ResultHolder``) and sends it to that processor
+at once; it waits at most 5 s for that first yes (``ScriptI.runScript``; 10 s for a parse).  So the
+winner's job arrives well inside 10 s, and a node that lost the job gets its slot back 10 s later:
+with N nodes a job blocks N slots for seconds, not a minute.  A job that arrives after its
+reservation lapsed still gets a slot (it is queued on arrival, never run without one)."""
 
 
 def is_dl_script(script_path: str, folders: Iterable[str]) -> bool:

@@ -56,10 +56,7 @@ def nuclear_channel(info: SlideInfo, given: int | None = None) -> tuple[int, str
     """The index of the nuclear-stain channel of a fluorescence slide and how it was found."""
     names = list(info.channels)
     if given is not None:
-        if not 0 <= given < len(names):
-            raise SlideError(f"channel {given} does not exist in {info.name}: it has channels 0..{len(names) - 1} "
-                             f"({', '.join(names)})")
-        return given, f"channel {given} ({names[given]}) as given"
+        return given, f"channel {given} ({info.channel_name(given)}) as given"
     if len(names) == 1:
         return 0, "its only channel"
     matches = [i for i, name in enumerate(names) if NUCLEAR_CHANNEL.search(name)]
@@ -80,7 +77,11 @@ def choose_nuclei(info: SlideInfo, params: dict, *, torch_ok: bool, installed) -
         model, detail = BRIGHTFIELD_NUCLEI, f"8-bit RGB ({', '.join(info.channels)}): brightfield"
     else:
         given = params.pop("channel", None)
-        index, how = nuclear_channel(info, given if isinstance(given, int) else None)
+        if given is not None and (isinstance(given, bool) or not isinstance(given, int)):
+            raise SlideError(f"channel={given!r} names a stain, which only 8-bit RGB brightfield has; {info.name} is "
+                             f"{len(info.channels)}-channel {info.dtype} fluorescence ({', '.join(info.channels)}): "
+                             "give the nuclear channel's index, e.g. --channel 0")
+        index, how = nuclear_channel(info, given)
         params["channel"] = index
         model, detail = FLUORESCENCE_NUCLEI, f"{len(info.channels)}-channel {info.dtype}: fluorescence, {how}"
     if not torch_ok:

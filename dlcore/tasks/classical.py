@@ -201,11 +201,8 @@ class ClassicalNuclei:
                     f"{info.name} is {len(info.channels)}-channel {info.dtype}, but channel={self.channel!r} "
                     "needs 8-bit RGB brightfield; choose a channel index instead (--channel 0 for the first channel)"
                 )
-        elif self.channel >= len(info.channels):
-            raise SlideError(
-                f"channel {self.channel} does not exist in {info.name}: it has channels "
-                f"0..{len(info.channels) - 1} ({', '.join(info.channels)})"
-            )
+        else:
+            info.channel_name(self.channel)
 
     def prepare(self, samples: list[np.ndarray]) -> "ClassicalNuclei":
         task = self

@@ -2,8 +2,9 @@
 
 One model for both stains, because both show nuclei by haematoxylin and only real H&E outlines exist
 offline: it learns from MoNuSeg's hand-drawn H&E nuclei (:mod:`dlcore.train.recipes.monuseg`), a
-third of the training tiles re-stained as IHC with the same exact masks (eosin removed, a random share of
-nuclei made DAB-positive: :func:`dlcore.train.restain.as_ihc`), under strong stain jitter (HED), blur,
+share (45 %) of the training tiles re-stained as IHC with the same exact masks (eosin removed, a paler
+counterstain, DAB in a random share of nuclei or in the cytoplasm and partly over the nuclei:
+:func:`dlcore.train.restain.as_ihc`), under strong stain jitter (HED), blur,
 brightness and ±25 % zoom.
 
 Method: a U-Net predicts each pixel's foreground and nucleus-boundary probability; a seeded
@@ -45,14 +46,15 @@ def spec(*, quick: bool = False, dataset: AnnotatedDataset | None = None) -> Tra
         task="instances", name=NAME, epochs=2 if quick else 20, steps_per_epoch=3 if quick else 100, batch_size=8,
         patch_size=128, channels=(16, 32, 64), lr=3e-3, val_fraction=0.15, test_groups=tests or None,
         patience=20, augment=AugmentSpec(hed_sigma=0.1, hed_bias=0.02, brightness=0.1, blur_probability=0.3,
-                                         blur_sigma=1.2, scale_jitter=0.25, ihc_probability=0.33),
+                                         blur_sigma=1.2, scale_jitter=0.25, ihc_probability=0.45),
         boundary_width=1, min_size=30, tile_size=512, halo=32, seed=0, threads=2, max_seconds=60 if quick else 2700,
         description="Nuclei instance segmentation for brightfield H&E and IHC at 0.5 µm/px (20x): a U-Net "
                     "predicts foreground and nucleus boundaries, a seeded watershed separates touching nuclei.",
         training_data=f"{SOURCE}: the 13 training images with complete outlines in the copy at "
                       "github.com/ykrmm/monuseg @ 93a696d (of the challenge's 30; 4,949 hand-drawn nuclei, 7 organs, "
-                      "TCGA H&E at 40x), resampled from ~0.25 to 0.5 µm/px. A third of the training tiles are "
-                      "re-stained as IHC (eosin removed, a random share of nuclei turned DAB-positive) with the "
+                      "TCGA H&E at 40x), resampled from ~0.25 to 0.5 µm/px. 45 % of the training tiles are "
+                      "re-stained as IHC (eosin removed, counterstain 20-100 %, DAB in a random share of nuclei or "
+                      "in the cytoplasm, partly over the nuclei) with the "
                       "same exact masks; strong HED stain jitter, blur, brightness and ±25 % zoom. 4 of the 13 "
                       "images are validation (early stopping, watershed settings). Test: the 14 MoNuSeg test "
                       "images (6,697 nuclei, incl. 2 organs absent from training), never used for training or "

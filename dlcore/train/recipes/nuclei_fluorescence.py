@@ -53,7 +53,7 @@ def fluorescence_samples(he_samples: list[Sample], seed: int) -> list[Sample]:
     from dlcore.train.restain import as_fluorescence
 
     rng = np.random.default_rng(seed)
-    return [Sample(as_fluorescence(s.image, rng, dtype=dtype), s.mask, None, f"{s.source} as fluorescence "
+    return [Sample(as_fluorescence(s.image, rng, dtype=dtype, labels=s.mask), s.mask, None, f"{s.source} as fluorescence "
                    f"({np.dtype(dtype).name})", s.group, MPP) for s in he_samples for dtype in (np.uint8, np.uint16)]
 
 
