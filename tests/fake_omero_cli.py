@@ -12,8 +12,11 @@ Every call is logged to ``$OMERODIR/omero-calls.log``.  Supported, with omero-py
   commands, shlex-split, comment lines skipped, globs expanded and sorted; without ``-k`` the
   first failing line fails the load;
 * ``admin rewrite``: ``etc/templates/ice.config`` is rendered over ``etc/ice.config`` with
-  ``@omero.master.host@`` replaced by ``omero.master.host`` (``localhost`` when unset), as
-  ``omero node NAME start`` does before it starts the node.
+  ``@omero.master.host@`` replaced by ``omero.master.host`` (``localhost`` when unset), and
+  ``etc/internal.cfg`` (the registry's locator) is written, as ``omero node NAME start`` does before
+  it starts the node.  Like omero-py's, it refuses while ``etc/internal.cfg`` exists and the master
+  answers (``admin.py``: "Can't regenerate templates the server is running!"), which in the
+  sandbox is always.
 
 Anything else exits non-zero, as an unknown command does.
 """
@@ -72,9 +75,15 @@ def run(args: list[str]) -> None:
                     if exc.code not in (0, None) and not keep_going:
                         raise
     elif args == ["admin", "rewrite"]:
+        internal = ROOT / "etc" / "internal.cfg"
+        if internal.exists():  # the real one pings the master through it; in the sandbox the master is up
+            sys.exit("Can't regenerate templates the server is running!")
+        config = _config()
         template = ROOT / "etc" / "templates" / "ice.config"
-        host = _config().get("omero.master.host", "localhost")
-        (ROOT / "etc" / "ice.config").write_text(template.read_text().replace("@omero.master.host@", host))
+        (ROOT / "etc" / "ice.config").write_text(
+            template.read_text().replace("@omero.master.host@", config.get("omero.master.host", "localhost")))
+        internal.write_text("Ice.Default.Locator=IceGrid/Locator:tcp -h %s -p 4061\n"
+                            % config.get("omero.master.host", "127.0.0.1"))
     else:
         sys.exit(f"fake omero: unsupported command {args!r}")
 

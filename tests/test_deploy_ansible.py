@@ -135,11 +135,11 @@ def _grid(tmp: Path, prefix: Path, *, ice: bool = True) -> dict[str, Path]:
     return {"node_server": node_server, "master_server": master_server, "units": units}
 
 
-def _unit_command(unit: Path, key: str) -> list[str]:
-    """The command line of ``key`` (ExecStartPre, ExecStart) in a systemd unit."""
+def _unit_commands(unit: Path, key: str) -> list[list[str]]:
+    """The command lines of ``key`` (ExecStartPre, ExecStart) in a systemd unit, in order."""
     lines = [line.split("=", 1)[1] for line in unit.read_text().splitlines() if line.startswith(key + "=")]
-    assert len(lines) == 1, f"{unit} has {len(lines)} {key} lines"
-    return shlex.split(lines[0])
+    assert lines, f"{unit} has no {key} line"
+    return [shlex.split(line) for line in lines]
 
 
 def _run_like_systemd(command: list[str], omerodir: Path) -> None:
@@ -224,6 +224,7 @@ def _sandbox_vars(tmp: Path, prefix: Path, grid: dict[str, Path]) -> tuple[dict,
                     "omero_server_dir": str(grid["master_server"]),
                     "dlcore_scripts_owner": "root",
                     "dlcore_scripts_keep": ["Site_Local.py"],
+                    "dlcore_scripts_checkout": str(tmp / "scripts-checkout"),
                     "dlcore_source": str(REPO),
                 }}},
                 "dlcore_gpu_nodes": {"hosts": {"gpu1": {"dlcore_omero_node_name": "gpu1", "dlcore_source": str(REPO)}}},
@@ -273,6 +274,7 @@ def sandbox(tmp_path_factory):
     source_repo, source_pinned = _dlcore_source_repo(tmp / "dlcore-source", shipped)
     models_repo, pinned = _models_repo(tmp / "models-repo")
     site_wheel = _site_wheel(tmp / "site-wheels")
+    (tmp / "shared" / "trained-models").mkdir(parents=True)  # the mounted shared filesystem
 
     inventory, extra = _sandbox_vars(tmp, prefix, grid)
     inventory["all"]["children"]["omero_master"]["hosts"]["master"]["dlcore_source"] = (
@@ -440,10 +442,14 @@ def test_node_settings_survive_the_official_roles_reset_and_a_node_start(sandbox
                 "omero.master.host": "master", "omero.ports.prefix": ""}
     assert _omero_config(server) == expected  # dlcore's 90 file is loaded after the role's 00 reset
     (server / "etc" / "fake-config.json").write_text("{}")  # a reset that did not reload
+    # a node started before, for an older master address: admin rewrite would refuse while internal.cfg is there
+    (server / "etc" / "internal.cfg").write_text("Ice.Default.Locator=IceGrid/Locator:tcp -h old-master -p 4061\n")
     unit = sandbox["units"] / "omero-node-gpu1.service"
-    _run_like_systemd(_unit_command(unit, "ExecStartPre"), server)
+    for command in _unit_commands(unit, "ExecStartPre"):
+        _run_like_systemd(command, server)
     assert _omero_config(server) == {"omero.master.host": "master", "omero.ports.prefix": ""}
     _run_like_systemd([str(server / "bin" / "omero"), "admin", "rewrite"], server)  # what node start does first
+    assert "tcp -h master -p 4061" in (server / "etc" / "internal.cfg").read_text()  # this start's settings
     ice_config = (server / "etc" / "ice.config").read_text()
     assert "Ice.Default.Router=OMERO.Glacier2/router:tcp -p 4063 -h master" in ice_config
     settings = [line for line in ice_config.splitlines() if line and not line.startswith("#")]
@@ -456,7 +462,8 @@ def test_master_settings_survive_the_official_units_reset(sandbox):
     calls = (master / "omero-calls.log").read_text().splitlines()
     assert not [c for c in calls if c.startswith("config set")]  # never "omero config set" on the master
     assert sum(c == "config get omero.launcher.python" for c in calls) == 3  # checked on each of the 3 runs
-    _run_like_systemd(_unit_command(sandbox["units"] / "omero-server.service", "ExecStartPre"), master)
+    for command in _unit_commands(sandbox["units"] / "omero-server.service", "ExecStartPre"):
+        _run_like_systemd(command, master)
     config = _omero_config(master)
     assert config == {
         "omero.db.host": "db.example.org", "omero.client.ui.tree.type_order": "classic",
@@ -503,12 +510,19 @@ def test_a_trained_models_folder_that_is_not_shared_is_refused(tmp_path):
     """Each node has its own folder at the path (no shared filesystem): each misses the other's marker."""
     hosts = {name: {"dlcore_omero_node_name": name, "dlcore_trained_models_dir": str(tmp_path / name / "trained")}
              for name in ("gpu1", "gpu2")}
+    for name in hosts:
+        (tmp_path / name / "trained").mkdir(parents=True)
     output = _refused_run(tmp_path, hosts, {})
     assert "is not one folder shared by every GPU node" in output
     assert "does not hold the markers of\ngpu2" in output or "markers of gpu2" in output.replace("\n", " ")
 
 
 ONE_NODE = {"gpu1": {"dlcore_omero_node_name": "gpu1"}}
+
+
+def test_a_trained_models_folder_that_is_not_mounted_is_refused(tmp_path):
+    output = " ".join(_refused_run(tmp_path, ONE_NODE, {"dlcore_trained_models_dir": str(tmp_path / "nfs")}).split())
+    assert "nfs does not exist on gpu1: mount the shared filesystem there" in output
 
 
 def _flat(output: str) -> str:
