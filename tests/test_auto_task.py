@@ -10,9 +10,9 @@ import pytest
 from dlcore.errors import SlideError
 from dlcore.io.slide import Level, SlideInfo
 from dlcore.tasks import resolve_task, task_names
-from dlcore.tasks.auto import (BRIGHTFIELD_NUCLEI, CLASSICAL_NUCLEI, FLUORESCENCE_NUCLEI, AutoTask, choose_nuclei,
-                               nuclear_channel)
-from synthetic import real_he_field, write_ome_tiff
+from dlcore.tasks.auto import (BRIGHTFIELD_NUCLEI, CLASSICAL_NUCLEI, FLUORESCENCE_NUCLEI, AutoTask,
+                               brightfield_stain, choose_nuclei, nuclear_channel)
+from synthetic import real_he_field, real_ihc_field, write_ome_tiff
 
 BOTH = {BRIGHTFIELD_NUCLEI, FLUORESCENCE_NUCLEI}
 
@@ -60,6 +60,17 @@ def test_a_stain_name_for_a_fluorescence_slide_is_refused_not_dropped():
         choose_nuclei(info(("DAPI", "CD3"), "uint16"), {"channel": 2}, torch_ok=True, installed=BOTH)
 
 
+def test_real_ihc_shows_dab_and_real_he_does_not():
+    """The stain check on real tissue: scikit-image's IHC section against a real H&E field."""
+    ihc, he = brightfield_stain(real_ihc_field()), brightfield_stain(real_he_field())
+    assert ihc[0] == "ihc" and ihc[1] > 0.3
+    assert he[0] == "he" and he[1] < 0.02
+    choice = choose_nuclei(info(("red", "green", "blue"), "uint8"), {}, torch_ok=True, installed=BOTH, stain=ihc)
+    assert choice.chosen == CLASSICAL_NUCLEI and "IHC" in choice.reason
+    choice = choose_nuclei(info(("red", "green", "blue"), "uint8"), {}, torch_ok=True, installed=BOTH, stain=he)
+    assert choice.chosen == BRIGHTFIELD_NUCLEI and "H&E (DAB on 0% of the tissue)" in choice.reason
+
+
 def test_without_torch_or_the_model_the_classical_pipeline_runs_on_the_same_channel():
     no_torch = choose_nuclei(info(("DAPI", "CD3"), "uint16"), {}, torch_ok=False, installed=BOTH)
     assert (no_torch.chosen, no_torch.params) == (CLASSICAL_NUCLEI, {"channel": 0})
@@ -82,15 +93,17 @@ def _run(tmp_path, path, *extra):
     return json.loads(provenance.read_text()), provenance.parent
 
 
-def test_run_nuclei_on_an_he_slide_without_the_model_runs_classical_and_says_why(tmp_path, capsys):
-    """The brightfield model is not shipped yet: ``nuclei`` runs the classical pipeline and records why."""
+def test_run_nuclei_on_an_he_slide_runs_the_shipped_brightfield_model_and_says_why(tmp_path, capsys):
+    """The shipped registry holds ``nuclei-brightfield-unet``: ``nuclei`` runs it on a real H&E field (no
+    DAB) and records why."""
+    pytest.importorskip("torch")
     provenance, folder = _run(tmp_path, write_ome_tiff(tmp_path / "he.ome.tif", real_he_field(), mpp=0.5))
-    assert folder.name == CLASSICAL_NUCLEI and provenance["task"]["task"] == CLASSICAL_NUCLEI
+    assert folder.name == BRIGHTFIELD_NUCLEI and provenance["task"]["task"] == BRIGHTFIELD_NUCLEI
     assert provenance["task_choice"]["requested"] == "nuclei"
     assert provenance["task_choice"]["modality"] == "brightfield"
-    assert f"{BRIGHTFIELD_NUCLEI} is not in the model registry" in provenance["task_choice"]["reason"]
+    assert "H&E (DAB on 0% of the tissue)" in provenance["task_choice"]["reason"]
     assert provenance["summary"]["objects"] > 100  # a real H&E field: its nuclei are found
-    assert f"nuclei → {CLASSICAL_NUCLEI}" in capsys.readouterr().out
+    assert f"nuclei → {BRIGHTFIELD_NUCLEI}" in capsys.readouterr().out
 
 
 def test_nuclei_runs_the_brightfield_model_when_the_registry_has_it(tmp_path):
@@ -125,6 +138,16 @@ def test_nuclei_runs_the_brightfield_model_when_the_registry_has_it(tmp_path):
         assert result.provenance["task_choice"]["chosen"] == BRIGHTFIELD_NUCLEI
         assert (tmp_path / run / "he" / BRIGHTFIELD_NUCLEI / "objects.csv").is_file()
     assert len(task._resolved) == 1  # the model was loaded once for both slides
+    # a real IHC section (brown cytoplasmic DAB): the model is validated on H&E only, the classical pipeline runs
+    ihc = write_ome_tiff(tmp_path / "ihc.ome.tif", real_ihc_field(), mpp=0.5)
+    slide = open_slide(ihc)
+    try:
+        result = analyse_slide(slide, task, LocalFolderSink(tmp_path / "c"), options=RunOptions(detect_tissue=False))
+    finally:
+        slide.close()
+    assert result.provenance["task"]["task"] == CLASSICAL_NUCLEI
+    assert "DAB (brown) on" in result.provenance["task_choice"]["reason"] and "IHC" in result.provenance["task_choice"]["reason"]
+    assert result.summary["objects"] > 100
 
 
 def test_run_nuclei_on_a_16_bit_fluorescence_slide_without_the_fluorescence_model_runs_classical(tmp_path):

@@ -27,17 +27,15 @@ def as_ihc(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *,
            positive_fraction: tuple[float, float] = (0.0, 0.8), pattern: str | None = None) -> np.ndarray:
     """An IHC-looking uint8 RGB image of ``image`` (uint8 RGB H&E) whose nuclei are ``labels``.
 
-    The haematoxylin is kept at 20–100 % (IHC counterstains are often much paler than H&E's), the eosin
-    scaled by 0.05–0.35, and DAB is added in one of the patterns markers show:
+    The haematoxylin is kept at 40–100 % (IHC counterstains are often paler), the eosin scaled by
+    0.05–0.35, and DAB is added in one of the patterns markers show:
 
     - nuclear (Ki-67, ER, p53): each nucleus is positive with a probability drawn from
       ``positive_fraction``; a positive nucleus keeps 25–60 % of its haematoxylin and gains DAB of
       0.6–1.4 times the haematoxylin it had;
     - cytoplasmic or membranous (cytokeratins, HER2, CD markers): DAB of 1–4 times the eosin density
-      (the cytoplasm and stroma eosin marked) plus an even 0.05–0.3 wherever a smooth random field is
-      positive (cells and regions, 20–80 % of the image), outside the nuclei; the nuclei stay
-      haematoxylin-blue but take 0–50 % of the DAB around them (brown cytoplasm above and below a
-      nucleus in the section's thickness);
+      (the cytoplasm and stroma eosin marked) wherever a smooth random field is positive (cells and
+      regions, 20–80 % of the image), outside the nuclei, which stay haematoxylin-blue;
     - both, or none (a negative slide).
 
     ``pattern`` picks one of :data:`IHC_PATTERNS`; None draws it (40 / 35 / 15 / 10 %).
@@ -46,7 +44,7 @@ def as_ihc(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *,
     from skimage.color import hed2rgb, rgb2hed
 
     hed = rgb2hed(image.astype(np.float64) / 255.0)
-    hed[..., 0] = np.maximum(hed[..., 0], 0) * rng.uniform(0.2, 1.0)
+    hed[..., 0] = np.maximum(hed[..., 0], 0) * rng.uniform(0.4, 1.0)
     eosin = np.maximum(hed[..., 1], 0)
     hed[..., 1] *= rng.uniform(0.05, 0.35)
     hed[..., 2] = np.maximum(hed[..., 2], 0) * 0.3
@@ -66,9 +64,7 @@ def as_ihc(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *,
     if pattern in ("cytoplasmic", "both"):
         field = ndi.gaussian_filter(rng.standard_normal(labels.shape), rng.uniform(4, 30))
         positive_area = field > np.quantile(field, 1 - rng.uniform(0.2, 0.8))
-        cytoplasm = np.where(positive_area & (labels == 0), eosin * rng.uniform(1.0, 4.0) + rng.uniform(0.05, 0.3), 0.0)
-        around = ndi.gaussian_filter(cytoplasm, 3.0)
-        hed[..., 2] += cytoplasm + np.where(labels > 0, around * rng.uniform(0.0, 0.5), 0.0)
+        hed[..., 2] += np.where(positive_area & (labels == 0), eosin * rng.uniform(1.0, 4.0), 0.0)
     return np.round(np.clip(hed2rgb(hed), 0, 1) * 255).astype(np.uint8)
 
 
