@@ -4,7 +4,8 @@ There is no real annotated fluorescence training set offline, so the training im
 from real annotated H&E (:func:`dlcore.train.restain.as_fluorescence`): the haematoxylin optical
 density of MoNuSeg's images (:mod:`dlcore.train.recipes.monuseg`) carries real chromatin texture,
 shapes and crowding and becomes an emission image (offset, gain, gamma, photon and read noise, 8 bit
-and 10–16 bit), with MoNuSeg's hand-drawn outlines as exact masks.  Cultured cells' nuclei are larger
+and 10–16 bit; each nucleus's brightness scaled on its own, as DNA content makes it vary), with
+MoNuSeg's hand-drawn outlines as exact masks.  Cultured cells' nuclei are larger
 than tissue nuclei, so every image is used at two pixel sizes (0.5 and 0.3 µm/px: nuclei of about
 10–30 px), with ±30 % zoom on top.  Input is scaled by the slide's 1st and 99.8th percentiles, so 8-
 and 16-bit images (any bit depth used) look alike to the network.
@@ -82,7 +83,8 @@ def spec(*, quick: bool = False, dataset: AnnotatedDataset | None = None) -> Tra
         training_data=f"Rendered from real annotated H&E, {SOURCE}: the haematoxylin optical density of the 13 "
                       "complete training images (github.com/ykrmm/monuseg @ 93a696d; 4,949 hand-drawn nuclei) made "
                       "into nuclear-fluorescence images (offset, gain, gamma, Poisson and read noise; one 8-bit and "
-                      "one 10-16-bit rendering each), at 0.5 and 0.3 µm/px, with the hand-drawn outlines as exact "
+                      "one 10-16-bit rendering each; each nucleus's brightness scaled on its own, log-normal, a few "
+                      "2-4 times brighter, as DNA content varies), at 0.5 and 0.3 µm/px, with the hand-drawn outlines as exact "
                       "masks; ±30 % zoom, brightness and blur. 2 of the 13 images validate. Test: the real DSB 2018 "
                       "fluorescence crop shipped by the stardist package (512 x 512, 125 annotated nuclei), never "
                       "used in training.",
