@@ -73,9 +73,7 @@ def measure(slide_path: Path, task_name: str, params: dict, *, task_alone: bool 
     out = Path(tempfile.mkdtemp(prefix="dlcore-bench-out-"))
     slide = open_slide(slide_path)
     if hasattr(task, "for_slide"):  # an automatic task (nuclei): the task it becomes for this slide, as a run does
-        from dlcore.tiling.tissue import thumbnail
-
-        task, _choice = task.for_slide(slide.info, stain_thumbnail=lambda: thumbnail(slide, max_side=1024)[0])
+        task, _choice = task.for_open_slide(slide)
     start = time.perf_counter()
     result = analyse_slide(slide, task, LocalFolderSink(out),
                            options=RunOptions(reader_threads=config.reader_threads, workers=workers))

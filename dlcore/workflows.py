@@ -140,7 +140,7 @@ def analyse_slide(
     info = with_mpp(slide.info, options.mpp)
     choice = None
     if isinstance(task, AutoTask):  # ``nuclei``: the task that fits this slide
-        task, choice = task.for_slide(info, stain_thumbnail=lambda: thumbnail(slide, max_side=1024)[0])
+        task, choice = task.for_open_slide(slide, info)
     task.check(info)
     plan = plan_resolution(info, task.mpp)
     task = task_at_resolution(task, plan)

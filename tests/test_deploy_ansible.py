@@ -500,6 +500,10 @@ def _refused_run(tmp_path, gpu_hosts: dict, extra: dict, *, ice: bool = True, ma
     return done.stdout
 
 
+def _flat(output: str) -> str:
+    return " ".join(output.split())
+
+
 def test_several_gpu_nodes_without_a_shared_trained_models_folder_are_refused(tmp_path):
     hosts = {"gpu1": {"dlcore_omero_node_name": "gpu1"}, "gpu2": {"dlcore_omero_node_name": "gpu2"}}
     output = _refused_run(tmp_path, hosts, {})
@@ -512,21 +516,17 @@ def test_a_trained_models_folder_that_is_not_shared_is_refused(tmp_path):
              for name in ("gpu1", "gpu2")}
     for name in hosts:
         (tmp_path / name / "trained").mkdir(parents=True)
-    output = _refused_run(tmp_path, hosts, {})
+    output = _flat(_refused_run(tmp_path, hosts, {}))
     assert "is not one folder shared by every GPU node" in output
-    assert "does not hold the markers of\ngpu2" in output or "markers of gpu2" in output.replace("\n", " ")
+    assert "does not hold the markers of gpu2" in output
 
 
 ONE_NODE = {"gpu1": {"dlcore_omero_node_name": "gpu1"}}
 
 
 def test_a_trained_models_folder_that_is_not_mounted_is_refused(tmp_path):
-    output = " ".join(_refused_run(tmp_path, ONE_NODE, {"dlcore_trained_models_dir": str(tmp_path / "nfs")}).split())
+    output = _flat(_refused_run(tmp_path, ONE_NODE, {"dlcore_trained_models_dir": str(tmp_path / "nfs")}))
     assert "nfs does not exist on gpu1: mount the shared filesystem there" in output
-
-
-def _flat(output: str) -> str:
-    return " ".join(output.split())
 
 
 def test_a_master_descriptor_without_icestorm_is_refused(tmp_path):

@@ -167,3 +167,11 @@ class AutoTask:
         if key not in self._resolved:
             self._resolved[key] = resolve_task(choice.chosen, choice.params, config=self.config)
         return self._resolved[key], choice
+
+    def for_open_slide(self, slide, info: SlideInfo | None = None):
+        """:meth:`for_slide` for an open :class:`~dlcore.io.slide.Slide`: its stain is judged from a
+        1024-pixel thumbnail, read only when the slide is brightfield.  ``info`` overrides the slide's own
+        (e.g. a pixel size given on the command line)."""
+        from dlcore.tiling.tissue import thumbnail
+
+        return self.for_slide(info or slide.info, stain_thumbnail=lambda: thumbnail(slide, max_side=1024)[0])
