@@ -71,6 +71,10 @@ def _add_run_parser(sub) -> None:
     p.add_argument("-o", "--out", type=Path, default=Path("dlcore-output"), help="output folder")
     p.add_argument("--mpp", type=float, help="the slides' pixel size in µm, for files that lack one (0.25 = 40x, 0.5 = 20x)")
     p.add_argument("--no-tissue-detection", action="store_true", help="analyse the whole image, not just detected tissue")
+    p.add_argument("--fresh", action="store_true",
+                   help="start from the first tile even when an interrupted run of the same job left a checkpoint")
+    p.add_argument("--no-checkpoint", action="store_true",
+                   help="keep no checkpoint while tiles stream (saves scratch space; a killed run then starts over)")
     p.add_argument("--label-format", choices=("ome-tiff", "ome-zarr"), default="ome-tiff", help="label image format")
     p.add_argument("--reader-threads", type=int, help="tile prefetch threads (default: from the configuration)")
     p.add_argument("--slides-at-once", type=int, metavar="N",
@@ -136,6 +140,7 @@ def cmd_run(args) -> int:
     options = RunOptions(
         mpp=args.mpp, detect_tissue=not args.no_tissue_detection,
         reader_threads=args.reader_threads or config.reader_threads, work_dir=config.work_dir,
+        checkpoint=not args.no_checkpoint, checkpoint_every_s=config.checkpoint_every_s, fresh=args.fresh,
     )
     slides, skipped = expand_slide_paths(args.slides)
     for path, reason in skipped:

@@ -19,7 +19,8 @@ With none, the defaults below apply.  The file is TOML::
     torch_threads = 0                   # torch CPU threads for a model on the CPU (0: half the cores)
     slides_at_once = 1                  # slides of one `dlcore run` analysed side by side
     roi_cap = 5000                      # most ROIs written to OMERO per image and run
-    work_dir = ""                       # scratch space ("" = system temp)
+    work_dir = ""                       # scratch space and run checkpoints ("" = system temp)
+    checkpoint_every_s = 20             # seconds between a run's checkpoints (a kill loses at most this)
 
     [processor]
     gpu_slots_per_gpu = 1               # concurrent deep-learning jobs per GPU
@@ -76,6 +77,7 @@ class Config:
     slides_at_once: int = 1
     roi_cap: int = 5000
     work_dir: Path | None = None
+    checkpoint_every_s: float = 20.0
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     source: Path | None = None  # the file these settings came from, None for defaults
 
@@ -106,6 +108,8 @@ class Config:
         for name in ("workers", "torch_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)}{where} must be 0 (decided from the cores) or more")
+        if not self.checkpoint_every_s >= 0:
+            raise ConfigError(f"checkpoint_every_s={self.checkpoint_every_s}{where} must be 0 (after every tile) or more")
         if self.roi_cap < 0:
             raise ConfigError(f"roi_cap={self.roi_cap}{where} must be 0 (no ROIs) or more")
         if self.processor.gpu_slots_per_gpu < 1:

@@ -39,6 +39,11 @@ class OmeroError(DlcoreError):
     """An OMERO object is missing, of the wrong type, or not accessible to the user."""
 
 
+class RunStopped(DlcoreError):
+    """A run stopped at a tile boundary before its end (a time limit); its checkpoint is kept, so the
+    same run started again continues where it stopped (:mod:`dlcore.tiling.checkpoint`)."""
+
+
 class InvariantError(DlcoreError):
     """A result broke an invariant dlcore guarantees (e.g. an object outside the image): a bug in dlcore
     or in a task; nothing is written, and the message says which object and which rule."""

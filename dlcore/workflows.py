@@ -7,6 +7,7 @@ half-written stays behind.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
 import logging
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import dlcore
-from dlcore.errors import InputError, InvariantError
+from dlcore.errors import InputError, InvariantError, OutputError, RunStopped
 from dlcore.io.labels import LabelCanvas
 from dlcore.io.sink import ResultSink, RunContext, RunOutputs
 from dlcore.io.slide import ResolutionPlan, Slide, SlideInfo, plan_resolution, read_working, with_mpp
@@ -31,6 +32,7 @@ from dlcore.tasks.auto import AutoTask
 from dlcore.tasks.base import Task
 from dlcore.progress import ProgressCallback
 from dlcore.cores import CoreShare, share_cores
+from dlcore.tiling.checkpoint import DEFAULT_EVERY_S, Checkpoint, checkpoint_root, run_identity
 from dlcore.tiling.engine import run_tiles
 from dlcore.tiling.pool import PredictOne, TileWork, WorkerPool
 from dlcore.tiling.tile_objects import TileObjects
@@ -51,10 +53,16 @@ class RunOptions:
     detect_tissue: restrict tiles to detected tissue; False analyses the whole image.
     reader_threads: tile prefetch threads.
     calibration_samples: windows sampled on tissue for the task's slide-wide calibration.
-    work_dir: scratch space for the label canvas (None = system temp).
+    work_dir: scratch space for the label canvas and the run's checkpoint (None = system temp).
     workers: worker processes for the tiles' CPU-bound work (:mod:`dlcore.tiling.pool`); None: the
         configuration's ``workers``, 0 there meaning the rule of :mod:`dlcore.cores`; 0 here: inline.
     torch_threads: torch's CPU threads for a model on the CPU; None: as ``workers``.
+    checkpoint: keep a checkpoint while tiles stream, so that the same run started again after a kill
+        continues where it stopped (:mod:`dlcore.tiling.checkpoint`); False: none.
+    checkpoint_every_s: seconds between checkpoint commits (a kill loses at most this much work).
+    fresh: start from the first tile even when a checkpoint of the same run exists (it is replaced).
+    deadline: a wall-clock time (``time.time()``) after which no tile is started: the run then stops
+        at a tile boundary with its checkpoint kept and raises :class:`~dlcore.errors.RunStopped`.
     """
 
     mpp: float | None = None
@@ -65,6 +73,15 @@ class RunOptions:
     work_dir: Path | None = None
     workers: int | None = None
     torch_threads: int | None = None
+    checkpoint: bool = True
+    checkpoint_every_s: float = DEFAULT_EVERY_S
+    fresh: bool = False
+    deadline: float | None = None
+
+    def result_options(self) -> dict:
+        """The options that change a run's results (a checkpoint is reused only when they are equal)."""
+        return {"mpp": self.mpp, "detect_tissue": self.detect_tissue, "calibration_samples": self.calibration_samples,
+                "calibration_size": self.calibration_size}
 
 
 @dataclass(frozen=True)
@@ -133,7 +150,8 @@ def analyse_slide(
 
     Raises a :class:`~dlcore.errors.DlcoreError` subclass with a clear message for bad input (no
     tissue, wrong pixel type, missing pixel size...).  On any error the sink aborts: no partial
-    results remain.
+    results remain.  Tiles finished before a failure, a kill or a deadline stay in the run's checkpoint
+    (``options.checkpoint``): the same call again continues from there, with the same results.
     """
     started = time.perf_counter()
     stage: dict[str, float] = {}
@@ -165,20 +183,44 @@ def analyse_slide(
     task = task.prepare(samples)
     stage["calibrate_s"] = time.perf_counter() - t0
 
-    scratch = Path(tempfile.mkdtemp(prefix="dlcore-", dir=options.work_dir))
-    canvas = LabelCanvas(scratch / "labels.zarr", width, height)
+    scratch = make_scratch(options.work_dir)
+    try:
+        checkpoint = open_checkpoint(info, task, plan, options, tissue, tiles)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    resumed = checkpoint is not None and checkpoint.resumed
+    canvas = LabelCanvas(checkpoint.canvas_path if checkpoint else scratch / "labels.zarr", width, height,
+                         reopen=resumed)
     context = RunContext(
         slide=info, run_key=task.name, task_kind=task.kind, working_mpp=plan.working_mpp,
         factor=plan.factor, working_size=(width, height), class_names=tuple(task.class_names),
         class_colors=tuple(getattr(task, "class_colors", ())),
     )
     stitcher = _stitcher(task, canvas, plan, info)
-    n_objects = 0
+    if checkpoint is not None and not hasattr(stitcher, "checkpoint_state"):
+        log.info("%s: the task's stitcher keeps no checkpoint state; a killed run will start over", info.name)
+    commits = checkpoint is not None and hasattr(stitcher, "checkpoint_state")
+    first = n_objects = 0
+    if resumed:
+        first, n_objects = checkpoint.tiles_done, checkpoint.n_objects
+        stitcher.restore_state(checkpoint.stitcher_state, redo_windows=[t.window for t in tiles[first:]])
+        log.info("%s: continuing from the checkpoint in %s: %d of %d tiles were done", info.name, checkpoint.folder,
+                 first, len(tiles))
+    done = first
+    keep_checkpoint = False
+
+    def commit() -> None:
+        checkpoint.commit(tiles_done=done, n_objects=n_objects, canvas=canvas, stitcher_state=stitcher.checkpoint_state())
+
     try:
         sink.begin(context)
+        if resumed:
+            for records in checkpoint.committed_objects():
+                sink.add_objects(records)
 
         def consume(tile, window, result) -> None:
-            nonlocal n_objects
+            nonlocal n_objects, done
             if isinstance(result, TileObjects):
                 records = stitcher.add_objects(tile, window, result)
             else:
@@ -186,6 +228,11 @@ def analyse_slide(
             if records:
                 n_objects += len(records)
                 sink.add_objects(records)
+                if commits:
+                    checkpoint.add_objects(records)
+            done += 1
+            if commits and checkpoint.due():
+                commit()
 
         log.info("%s: %d tiles of %d px (+%d halo) at %s", info.name, len(tiles), task.tile_size, task.halo,
                  f"{plan.working_mpp:.3f} µm/px" if plan.working_mpp else "native resolution")
@@ -195,8 +242,18 @@ def analyse_slide(
                  share.torch_threads, share.cores)
         with WorkerPool(work, share.workers) as pool:
             times = run_tiles(
-                slide, plan, tiles, infer=infer, pool=pool, consume=consume, batch_size=task.batch_size,
-                reader_threads=options.reader_threads, progress=progress,
+                slide, plan, tiles[first:], infer=infer, pool=pool, consume=consume, batch_size=task.batch_size,
+                reader_threads=options.reader_threads, progress=_counting_from(progress, first),
+                stop=None if options.deadline is None else (lambda: time.time() >= options.deadline),
+            )
+        if commits:
+            commit()  # every tile's work is kept: a kill during the export redoes the export only
+        if times.stopped:
+            keep_checkpoint = True
+            raise RunStopped(
+                f"{info.name}: stopped at a tile boundary after {done} of {len(tiles)} tiles: the time limit was "
+                f"reached. The finished tiles are kept in {checkpoint.folder if commits else 'no checkpoint'}; run "
+                "the same again (same input, task and parameters) to continue from there"
             )
         t0 = time.perf_counter()
         canvas.build_pyramid()
@@ -209,6 +266,8 @@ def analyse_slide(
         summary = _summary(info, task, plan, tissue, tiles, stitcher, n_objects)
         if choice is not None:
             summary["task_choice"] = f"{choice.requested} → {choice.chosen}: {choice.reason}"
+        if resumed:
+            summary["resumed"] = {"tiles_done_before": first, "tiles": len(tiles)}
         extra_outputs = getattr(task, "extra_outputs", None)  # optional: e.g. a heatmap, class outlines
         extra_files = extra_outputs(stitcher, scratch) if extra_outputs else {}
         provenance = _provenance(info, task, plan, options, tissue, summary, times, stage, started, choice)
@@ -218,13 +277,57 @@ def analyse_slide(
                                          tags=tuple(summary.get("tags", ())), extra_files=extra_files))
         provenance["timings"]["write_results_s"] = round(time.perf_counter() - t0, 3)
         provenance["timings"]["total_s"] = round(time.perf_counter() - started, 3)
-    except BaseException:
+    except BaseException as exc:
         sink.abort()
+        if commits:
+            if isinstance(exc, KeyboardInterrupt):  # the writer has stopped: what it consumed is whole
+                with contextlib.suppress(Exception):
+                    commit()
+            keep_checkpoint = checkpoint.tiles_done > 0  # nothing committed: nothing worth keeping
+            if keep_checkpoint:
+                log.warning("%s: %d of %d tiles are kept in the checkpoint %s; run the same again to continue "
+                            "from there", info.name, checkpoint.tiles_done, len(tiles), checkpoint.folder)
         raise
     finally:
-        canvas.close()
+        if keep_checkpoint:
+            checkpoint.close()
+        else:
+            canvas.close()
+            if checkpoint is not None:
+                checkpoint.discard()
         shutil.rmtree(scratch, ignore_errors=True)
     return RunResult(summary=summary, outputs=outputs, provenance=provenance)
+
+
+def make_scratch(work_dir: Path | None) -> Path:
+    """A new private scratch folder in ``work_dir`` (made if missing; None: the system's temporary folder)."""
+    try:
+        if work_dir is not None:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="dlcore-", dir=work_dir))
+    except OSError as exc:
+        raise OutputError(f"cannot make a scratch folder in {work_dir or tempfile.gettempdir()}: {exc}; set work_dir "
+                          "in dlcore.toml to a writable folder with space for the label image") from exc
+
+
+def open_checkpoint(info: SlideInfo, task: Task, plan: ResolutionPlan, options: RunOptions,
+                    tissue: TissueMask | None, tiles) -> Checkpoint | None:
+    """The run's :class:`~dlcore.tiling.checkpoint.Checkpoint` (reused when an earlier run of the same
+    identity left one), or None when ``options.checkpoint`` is off."""
+    if not options.checkpoint:
+        return None
+    identity = run_identity(info=info, task_provenance=task.provenance(), plan=plan,
+                            options=options.result_options(), tissue_method=tissue.method if tissue else None,
+                            tiles=tiles)
+    return Checkpoint.open(checkpoint_root(options.work_dir), identity, every_s=options.checkpoint_every_s,
+                           fresh=options.fresh)
+
+
+def _counting_from(progress: ProgressCallback | None, first: int) -> ProgressCallback | None:
+    """``progress`` told the whole run's tile counts when the run continues after ``first`` tiles."""
+    if progress is None or first == 0:
+        return progress
+    return lambda stage, done, total: progress(stage, first + done, first + total)
 
 
 def tile_work(task: Task, stitcher, canvas: LabelCanvas, *, render_text: bool = False) -> tuple:

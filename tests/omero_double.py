@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from omero.rtypes import rint, rlong, rstring
 from dlcore.omero.annotated import Q_IMAGE_TAGS, Q_ROI_TAGS, Q_ROIS
 from dlcore.omero.annotations import Q_RUN_LINKS, Q_RUN_ROIS, Q_TAG
 from dlcore.omero.label_image import Q_IMAGE_PIXELS, Q_PIXELS_TYPE
+from dlcore.omero.journal import GRAPHS as OWNED_ID_GRAPHS, Q_OWNED_IDS
 
 ANNOTATE = {"rwra--", "rwrw--"}  # group permissions that let members annotate each other's data
 READ = {"rwr---", "rwra--", "rwrw--"}
@@ -102,6 +104,7 @@ class Server:
     """The whole fake installation: users, groups, objects, pixel data, files, tables."""
 
     def __init__(self) -> None:
+        self.database_uuid = str(uuid.uuid4())  # each installation's own, as PostgreSQL's dbuuid
         self.objects: dict[tuple[str, int], object] = {}
         self._ids: dict[str, itertools.count] = defaultdict(lambda: itertools.count(1))
         self.pixels: dict[int, list[np.ndarray]] = {}  # pixels id -> levels, full resolution first, (Y, X, C)
@@ -344,6 +347,9 @@ class Conn:
 
     def getPixelsService(self):
         return self._served("IPixels", omero.api.IPixels, omero.api.IPixelsPrx, PixelsService)
+
+    def getConfigService(self):
+        return self._served("IConfig", omero.api.IConfig, omero.api.IConfigPrx, ConfigService)
 
     def deleteObjects(self, graph_spec, obj_ids, deleteAnns=False, deleteChildren=False, dryRun=False, wait=False):
         raise NotImplementedError(
@@ -692,12 +698,28 @@ class QueryService:
     @_counted("IQuery")
     def projection(self, query, params, ctx=None):
         p = _params(params)
+        for graph in OWNED_ID_GRAPHS:
+            if query == Q_OWNED_IDS.format(graph=graph):
+                objs = [self.server.get(_graph_table(graph), i) for i in p["ids"]]
+                return [[rlong(o.getId().getValue())] for o in self._visible([o for o in objs if o is not None])
+                        if self.server.owner_group(o)[0] == p["uid"]]
         if query == Q_RUN_ROIS:
             pattern = like_regex(p["marker"], escape="!")
             return [[rlong(r.getId().getValue()), rstring(_val(r.getDescription()))]
                     for r in self._visible(self.server.rois_of(p["iid"]))
                     if pattern.fullmatch(_val(r.getDescription()) or "") and self.server.owner_group(r)[0] == p["uid"]]
         raise NotImplementedError(f"the double does not know the query {query!r}")
+
+
+class ConfigService:
+    """IConfig: only the database's UUID (the server's identity; omero-blitz IConfig.getDatabaseUuid)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn, self.server = conn, conn.server
+
+    @_counted("IConfig")
+    def getDatabaseUuid(self, ctx=None):
+        return self.server.database_uuid
 
 
 class PixelsService:

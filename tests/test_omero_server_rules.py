@@ -247,7 +247,7 @@ def test_images_that_cannot_finish_before_the_session_ends_are_not_started(lab, 
                            dataset=dataset)
     server.session_ttl_ms = 3_600_000
     conn = server.connect(alice, group)
-    conn.session_started_ms -= 3_600_000 - 62_000  # 62 s left: enough to start, not for 100x the pixels
+    conn.session_started_ms -= 3_600_000 - 92_000  # 92 s left: enough to start (90 s), not for 100x the pixels
     reports = run_on_objects(conn, "nuclei-classical", "Dataset", [dataset], {}, config=Config(roi_cap=10))
     assert reports[0].ok and reports[0].image_id == small
     assert reports[1].not_started == 1 and f"Image:{big}" in reports[1].message
@@ -256,7 +256,7 @@ def test_images_that_cannot_finish_before_the_session_ends_are_not_started(lab, 
     assert "run the script again on: Image:%d" % big in message and "omero.scripts.timeout" in message
     assert server.rois_of(big) == []  # nothing was written for it
 
-    conn.session_started_ms -= 62_000  # the session's time is up: the server refuses every call
+    conn.session_started_ms -= 92_000  # the session's time is up: the server refuses every call
     with pytest.raises(omero.SessionTimeoutException):
         conn.getUpdateService().saveObject(omero.model.TagAnnotationI(), context)
 

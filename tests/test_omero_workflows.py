@@ -216,3 +216,114 @@ def test_project_expands_to_its_images(omero):
     server, conn, ids = omero
     reports = _run(conn, "Project", [ids["project"]])
     assert [r.image_id for r in reports] == [ids["image"]] and reports[0].ok
+
+
+def _table_values(server, image_id) -> dict:
+    [table] = [f for a, f in _files(server, image_id).values() if f.getMimetype().getValue() == "OMERO.tables"]
+    values = server.tables[table.getId().getValue()]["values"]
+    return {name: column for name, column in values.items() if name not in ("Image", "Roi")}
+
+
+def test_a_run_stopped_by_the_session_limit_continues_on_the_next_launch(omero, demo_slide, monkeypatch, tmp_path):
+    """The script's session ends during an image: it stops at a tile boundary, writes nothing, says how to
+    continue; the script run again continues from the checkpoint and leaves what an uninterrupted run leaves."""
+    import time
+    import types
+
+    import dlcore.workflows as workflows
+    from dlcore.omero.workflows import summary_message
+
+    server, conn, ids = omero
+    config = Config(roi_cap=200, work_dir=tmp_path / "scratch", checkpoint_every_s=0)
+    params = {"tile_size": 256}  # 1536 x 1024: 24 tiles on tissue
+    reference = server.add_image(demo_slide, name="same pixels", owner=ids["alice"], group=ids["group"],
+                                 dataset=ids["dataset"], channel_names=["R", "G", "B"])
+    [uninterrupted] = run_on_objects(conn, TASK, "Image", [reference], params, config=config)
+    assert uninterrupted.ok, uninterrupted.message
+
+    server.session_ttl_ms = 3_600_000  # a script's session: it ends an hour after it started
+    looks = {"n": 0}
+
+    def clock() -> float:  # the time the tiles look at: the session's end is passed after three tiles
+        looks["n"] += 1
+        return time.time() + (7200 if looks["n"] > 3 else 0)
+
+    monkeypatch.setattr(workflows, "time", types.SimpleNamespace(time=clock, perf_counter=time.perf_counter))
+    image = ids["image"]
+    [stopped] = run_on_objects(server.connect(ids["alice"], ids["group"]), TASK, "Image", [image], params, config=config)
+    assert stopped.stopped and not stopped.ok
+    assert stopped.message.startswith(f"⏸ Image:{ids['image']} demo.ome.tif: stopped at a tile boundary after 3 of 24 tiles")
+    assert "Nothing was written onto the image yet" in stopped.message and "continues from it" in stopped.message
+    assert summary_message([stopped]).startswith("0 of 1 image analysed, 1 stopped at the time limit")
+    assert server.rois_of(image) == [] and server.annotations_of(image) == []
+
+    monkeypatch.undo()
+    [resumed] = run_on_objects(server.connect(ids["alice"], ids["group"]), TASK, "Image", [image], params, config=config)
+    assert resumed.ok, resumed.message
+    assert resumed.summary["resumed"] == {"tiles_done_before": 3, "tiles": 24}
+    assert resumed.summary["objects"] == uninterrupted.summary["objects"]
+    assert _table_values(server, image) == _table_values(server, reference)
+    assert len(server.rois_of(image)) == 200 and len(server.annotations_of(image)) == len(server.annotations_of(reference))
+    outlines = [sorted(r.copyShapes()[0].getPoints().getValue() for r in server.rois_of(i)) for i in (image, reference)]
+    assert outlines[0] == outlines[1]
+    label, reference_label = (server.pixels[server.pixels_of(r.output_id("label image"))][0] for r in (resumed, uninterrupted))
+    np.testing.assert_array_equal(label, reference_label)
+    assert not any((tmp_path / "scratch" / "dlcore-checkpoints").iterdir())  # the finished run removed its checkpoint
+
+
+class _Killed(BaseException):
+    """The process dies here: none of dlcore's cleanup runs after it."""
+
+
+@pytest.mark.parametrize("where", ["tiles", "upload"])
+def test_a_killed_run_leaves_nothing_once_the_next_run_is_done(omero, demo_slide, monkeypatch, tmp_path, where):
+    """A kill (emulated: the run stops dead, its sink's cleanup never runs, the kernel releases its locks)
+    while ROIs stream, or after the label image and the files exist but before anything is linked; the run
+    launched again continues and, once linked, deletes what the killed one left: the server then holds
+    exactly what two uninterrupted runs (on two images) hold."""
+    from collections import Counter
+
+    import dlcore.omero.sink as sink_module
+
+    server, conn, ids = omero
+    config = Config(roi_cap=200, work_dir=tmp_path / "scratch", checkpoint_every_s=0)
+    params = {"tile_size": 256}
+    monkeypatch.setattr(sink_module, "ROI_BATCH", 40)  # ROIs are saved while tiles stream
+    reference = server.add_image(demo_slide, name="same pixels", owner=ids["alice"], group=ids["group"],
+                                 dataset=ids["dataset"], channel_names=["R", "G", "B"])
+
+    def kinds() -> Counter:
+        return Counter(table for table, _ in server.objects)
+
+    before = kinds()
+    [uninterrupted] = run_on_objects(conn, TASK, "Image", [reference], params, config=config)
+    one_run = kinds() - before
+
+    with monkeypatch.context() as dying:
+        dying.setattr(sink_module.OmeroSink, "abort", lambda self: self._journal.release())
+        progress = None
+        if where == "tiles":
+            def at_tile_12(stage, done, total):
+                if stage == "tiles" and done == 12:
+                    raise _Killed()
+            progress = lambda label: at_tile_12  # noqa: E731
+        else:
+            real_upload = sink_module.OmeroSink._upload
+
+            def upload_then_die(self, files):
+                real_upload(self, files)
+                raise _Killed()
+            dying.setattr(sink_module.OmeroSink, "_upload", upload_then_die)
+        with pytest.raises(_Killed):
+            run_on_objects(conn, TASK, "Image", [ids["image"]], params, config=config, progress=progress)
+    left = kinds() - before - one_run
+    assert left["Roi"] > 0  # the killed run's ROIs are on the image
+    if where == "upload":
+        assert left["Image"] == 1 and left["Annotation"] > 0  # an orphaned label image, unlinked files
+
+    [again] = run_on_objects(conn, TASK, "Image", [ids["image"]], params, config=config)
+    assert again.ok, again.message
+    assert again.summary["resumed"]["tiles_done_before"] == (12 if where == "tiles" else 24)
+    assert kinds() - before == one_run + one_run  # nothing of the killed run is left, nothing is missing
+    assert _table_values(server, ids["image"]) == _table_values(server, reference)
+    assert not list((tmp_path / "scratch" / "dlcore-omero-journal").glob("*.json"))

@@ -94,6 +94,49 @@ def test_queues_hold_a_few_tiles_per_worker_never_the_slide(slide_path):
         slide.close()
 
 
+@pytest.mark.parametrize("failing", ["consume", "progress"])
+def test_an_error_in_the_writer_stops_the_run_and_is_raised(slide_path, failing):
+    """A consumer or a progress callback that raises (in the writer thread) ends the run with its error,
+    never a hang: the producer stops at the next batch and the queues drain."""
+    from dlcore.io.slide import plan_resolution
+
+    slide = open_slide(slide_path)
+    try:
+        plan = plan_resolution(slide.info, None)
+        tiles = make_grid(slide.info.width, slide.info.height, GridSpec(128, 8))
+        consumed = []
+
+        def consume(tile, window, result):
+            consumed.append(tile)
+            if failing == "consume" and len(consumed) == 5:
+                raise RuntimeError("consume failed")
+
+        def progress(stage, done, total):
+            if failing == "progress" and done == 5:
+                raise RuntimeError("progress failed")
+
+        result = {}
+        thread = threading.Thread(target=lambda: result.setdefault("error", _raised(
+            lambda: run_tiles(slide, plan, tiles, infer=lambda ws: [w[..., 0] for w in ws], pool=pool,
+                              consume=consume, progress=progress))))
+        with WorkerPool(TileWork(), 0) as pool:
+            thread.start()
+            thread.join(60)
+        assert not thread.is_alive(), "the run hung"
+        assert str(result["error"]) == f"{failing} failed"
+        assert len(consumed) < len(tiles)
+    finally:
+        slide.close()
+
+
+def _raised(call):
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - the test looks at it
+        return exc
+    return None
+
+
 def test_core_share(monkeypatch):
     assert share_cores(whole_in_workers=True, model_on_gpu=False, cores=16).workers == 16
     cpu_model = share_cores(whole_in_workers=False, model_on_gpu=False, cores=16)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dlcore.errors import InvariantError
+
 LABEL_DTYPE = np.uint32
 
 
@@ -39,18 +41,31 @@ class LabelCanvas:
     """
 
     def __init__(self, path: Path, width: int, height: int, *, chunk: int = 256, dtype=LABEL_DTYPE,
-                 cache_chunks: int = 1024) -> None:
+                 cache_chunks: int = 1024, reopen: bool = False) -> None:
+        """A new, empty canvas in ``path``; with ``reopen``, the level 0 an earlier run left there (a
+        checkpoint, :mod:`dlcore.tiling.checkpoint`), whose coarser levels are dropped."""
         import zarr
 
         self.path = Path(path)
         self.width, self.height, self.chunk = width, height, chunk
         self.dtype = np.dtype(dtype)
-        self._group = zarr.open_group(str(self.path), mode="w", zarr_format=2)
-        self._levels = [self._create_level(0, width, height)]
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._dirty: set[tuple[int, int]] = set()
-        self._stored: set[tuple[int, int]] = set()  # chunks ever stored (mode "w": the array starts empty)
         self._cache_chunks = max(1, int(cache_chunks))
+        if reopen:
+            self._group = zarr.open_group(str(self.path), mode="r+", zarr_format=2)
+            level0 = self._group["0"]
+            if level0.shape != (height, width) or level0.chunks != (chunk, chunk) or level0.dtype != self.dtype:
+                raise InvariantError(f"the label canvas in {self.path} is {level0.shape} {level0.dtype} in chunks of "
+                                     f"{level0.chunks}, not ({height}, {width}) {self.dtype} in chunks of {chunk}")
+            for name in [n for n in self._group.array_keys() if n != "0"]:
+                del self._group[name]
+            self._levels = [level0]
+            self._stored = self._chunks_on_disk(0)
+        else:
+            self._group = zarr.open_group(str(self.path), mode="w", zarr_format=2)
+            self._levels = [self._create_level(0, width, height)]
+            self._stored: set[tuple[int, int]] = set()  # chunks ever stored (mode "w": the array starts empty)
 
     @property
     def levels(self) -> list:
@@ -178,9 +193,31 @@ class LabelCanvas:
         current[free] = new[free]
         self._write_region(x0, y0, current)
 
+    def clear_ids_from(self, first_id: int, regions) -> int:
+        """Set every label ``>= first_id`` inside the ``(x, y, width, height)`` regions to 0; return how
+        many chunks changed.  A resumed run calls it on the windows it redoes: labels a killed run wrote
+        after its last checkpoint are exactly those ids (:mod:`dlcore.tiling.checkpoint`)."""
+        keys: set[tuple[int, int]] = set()
+        for x, y, w, h in regions:
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, self.width), min(y + h, self.height)
+            if x1 > x0 and y1 > y0:
+                keys.update(key for key, _, _ in self._pieces(x0, y0, x1, y1))
+        changed = 0
+        for key in sorted(keys & (self._stored | set(self._cache))):
+            data = self._chunk(key)
+            stale = data >= first_id
+            if stale.any():
+                data[stale] = 0
+                self._dirty.add(key)
+                changed += 1
+        return changed
+
     def stored_chunks(self, level: int) -> set[tuple[int, int]]:
         """(row, column) indices of the chunks of ``level`` that hold labels (empty ones are not stored)."""
         self.flush()
+        return self._chunks_on_disk(level)
+
+    def _chunks_on_disk(self, level: int) -> set[tuple[int, int]]:
         root = self.path / str(level)
         return {
             (int(row.name), int(col.name))
@@ -284,6 +321,6 @@ class LabelCanvas:
         return path
 
     def close(self) -> None:
-        """Delete the scratch store."""
+        """Delete the store (a run's checkpoint keeps it by not calling this)."""
         shutil.rmtree(self.path, ignore_errors=True)
 

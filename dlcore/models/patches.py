@@ -77,6 +77,14 @@ class PatchStitcher(SemanticStitcher):
         self.tissue[r0:r0 + rows, c0:c0 + cols] = grid["tissue"]
         return records
 
+    def checkpoint_state(self) -> dict:
+        return {**super().checkpoint_state(), "grid": self.grid.copy(), "tissue": self.tissue.copy()}
+
+    def restore_state(self, state: dict, *, redo_windows=()) -> None:
+        super().restore_state(state, redo_windows=redo_windows)
+        self.grid = np.asarray(state["grid"], dtype=np.float16).copy()
+        self.tissue = np.asarray(state["tissue"], dtype=bool).copy()
+
     def slide_decision(self) -> dict:
         """``slide_classification`` (class -> score), the top class as a tag, and patch counts."""
         names = list(self.task.class_names)

@@ -7,6 +7,10 @@ image, :class:`TimeBudget` compares what is left with what the image will need, 
 images already done (seconds per pixel, the slowest seen, with a safety factor and a margin for
 writing the results).  An image that would not finish is not started; the script's Message names the
 images that remain and how to continue.
+
+An image whose analysis runs longer than foreseen stops at a tile boundary at :meth:`TimeBudget.tiles_deadline`
+(which leaves :data:`RESULTS_RESERVE_S` for the script to report) with its checkpoint kept on the node
+(:mod:`dlcore.tiling.checkpoint`): running the script again on it continues from there.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-MIN_START_S = 60.0  # never start an image with less left than this, even before any estimate
+MIN_START_S = 90.0  # never start an image with less left than this, even before any estimate
+RESULTS_RESERVE_S = 60.0  # no tile is started later than this before the session ends
 SAFETY = 1.25  # the next image may be slower per pixel than the slowest so far
 MARGIN_S = 30.0  # writing the results (ROIs, label image, table, files) on top of the analysis
 
@@ -33,6 +38,11 @@ class TimeBudget:
     def remaining_s(self) -> float | None:
         """Seconds until the session ends, or None without a limit."""
         return None if self.deadline is None else self.deadline - self._clock()
+
+    def tiles_deadline(self) -> float | None:
+        """The time (epoch seconds) after which an image's run starts no tile: the session's end less
+        :data:`RESULTS_RESERVE_S`; None without a limit."""
+        return None if self.deadline is None else self.deadline - RESULTS_RESERVE_S
 
     def needed_s(self, pixels: int) -> float:
         """The time an image of ``pixels`` level-0 pixels is expected to need."""

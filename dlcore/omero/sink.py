@@ -13,7 +13,8 @@ What a run leaves on an image, all in the image's group and the namespace ``dlco
 Nothing half-written stays behind: everything new is written first, unlinked where OMERO allows it
 (files, table, label image); a failure deletes what the run created (:meth:`OmeroSink.abort`).  Only
 when everything exists are the new objects linked in one call, and then the earlier run's results of
-the same run key are deleted.  Other runs' results and the user's annotations are never touched.
+the same run key are deleted, with what killed runs of it left behind (:mod:`dlcore.omero.journal`).
+Other runs' results and the user's annotations are never touched.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from dlcore.io.sink import RunContext, RunOutputs
 from dlcore.objects import ObjectRecord
 from dlcore.omero import annotations as ann
 from dlcore.omero.deleting import delete_objects
+from dlcore.omero.journal import CreationJournal, forget, journal_folder, owned_existing
 from dlcore.omero.label_image import LABEL_DESCRIPTION, create_label_image, dataset_links
 from dlcore.omero.rois import ROI_BATCH, RoiWriter, roi_marker
 from dlcore.omero.tables import TableWriter
@@ -75,10 +77,13 @@ class OmeroSink:
         Datasets the label image goes into (those of the source image the user may link to).
     roi_cap
         Most ROIs written for this image and run.
+    work_dir
+        The node's scratch folder (files before upload, the journal of created objects); None: the
+        system's temporary folder.
     """
 
     def __init__(self, conn, image_id: int, *, image_name: str, group_id: int, dataset_ids: Sequence[int] = (),
-                 roi_cap: int = 5000) -> None:
+                 roi_cap: int = 5000, work_dir: Path | None = None) -> None:
         self._conn = conn
         self.image_id, self.image_name, self.group_id = int(image_id), image_name, int(group_id)
         self.dataset_ids = list(dataset_ids)
@@ -90,13 +95,19 @@ class OmeroSink:
         self._committed = False
         self._buffer: list[ObjectRecord] = []
         self._scratch: Path | None = None
+        self._work_dir = work_dir
+        self._journal: CreationJournal | None = None
         self._files = self._rois = self._table = self._run = None
         self.cleanup_problem = ""
 
     # -- streaming --------------------------------------------------------------------------------
     def begin(self, context: RunContext) -> None:
+        from dlcore.omero.slide import server_uuid
+
         self._run = context
-        self._scratch = Path(tempfile.mkdtemp(prefix="dlcore-omero-"))
+        self._journal = CreationJournal(journal_folder(self._work_dir), server=server_uuid(self._conn),
+                                        image_id=self.image_id, run_key=context.run_key, run_id=self.run_id).open()
+        self._scratch = Path(tempfile.mkdtemp(prefix="dlcore-omero-", dir=self._work_dir))
         self._files = LocalFolderSink(self._scratch, label_format="ome-tiff")  # exact uint32 ids, attached
         self._files.begin(context)
         update = self._conn.getUpdateService()
@@ -122,6 +133,12 @@ class OmeroSink:
             self._table.add(self.image_id, batch, roi_ids)
             if self._table.file_id is not None and self._table.file_id not in self._created["OriginalFile"]:
                 self._created["OriginalFile"].append(self._table.file_id)
+            self._journal.record(self._created)
+
+    def _created_now(self, graph: str, object_id: int) -> None:
+        """Note an object just created, in memory and in the journal."""
+        self._created[graph].append(object_id)
+        self._journal.record(self._created)
 
     # -- finishing ------------------------------------------------------------------------------
     def finish(self, outputs: RunOutputs) -> dict[str, str]:
@@ -130,12 +147,12 @@ class OmeroSink:
         self._table.ensure_created()
         table_file = self._table.close()
         if table_file not in self._created["OriginalFile"]:
-            self._created["OriginalFile"].append(table_file)
+            self._created_now("OriginalFile", table_file)
         files = self._files.finish(outputs)
         label_id = create_label_image(
             self._conn, outputs.labels, name=f"{self.image_name} [{run.run_key} labels]",
             description=f"{LABEL_DESCRIPTION}: {run.run_key} on Image:{self.image_id} (0 = background, n = object n)",
-            mpp=run.working_mpp, context=self.context, on_created=self._created["Image"].append,
+            mpp=run.working_mpp, context=self.context, on_created=lambda image_id: self._created_now("Image", image_id),
         )
         uploaded = self._upload(files)
         table_ann = ann.file_annotation(table_file, run.run_key, "per-object measurements (OMERO.table)")
@@ -159,6 +176,8 @@ class OmeroSink:
         map_id = int(saved[0].getChild().getId().getValue())
         table_ann_id = int(saved[1].getChild().getId().getValue())
         replaced = self._delete_earlier(earlier, keep_tags=set(outputs.tags))
+        self._journal.close()  # the objects are results now
+        replaced = "; ".join(note for note in (replaced, self._delete_leftovers()) if note)
         shutil.rmtree(self._scratch, ignore_errors=True)
         written = {
             "ROIs": f"{len(self._rois.saved_ids)} ROIs on Image:{self.image_id}" + (
@@ -185,8 +204,25 @@ class OmeroSink:
                     continue
                 fa = self._conn.createFileAnnfromLocalFile(files[name], mimetype=mimetype, ns=ns, desc=description)
                 uploaded[name] = int(fa.getId())
-                self._created["Annotation"].append(uploaded[name])
+                self._created_now("Annotation", uploaded[name])
         return uploaded
+
+    def _delete_leftovers(self) -> str:
+        """Delete what killed runs of this task on this image created and never linked (their journals,
+        :mod:`dlcore.omero.journal`); a note of it ('' when there was nothing)."""
+        notes = []
+        for path, created in self._journal.leftovers().items():
+            try:
+                targets = owned_existing(self._conn, created, context=self.context)
+                delete_objects(self._conn, targets, context=self.context)
+            except Exception as exc:  # the new results are complete; the journal stays for the next run
+                log.warning("Image:%s: deleting what a killed run left (%s) failed: %s", self.image_id, path.name, exc)
+                notes.append(f"what a killed run left is NOT deleted ({getattr(exc, 'message', '') or exc})")
+                continue
+            forget(path)
+            if targets:
+                notes.append("left by a killed run: " + ", ".join(f"{len(ids)} {graph}" for graph, ids in targets.items()))
+        return "; ".join(notes)
 
     def _delete_earlier(self, earlier: ann.EarlierRun, *, keep_tags: set[str]) -> str:
         """Delete the earlier run's results; return a note of what was replaced ('' when nothing)."""
@@ -222,7 +258,11 @@ class OmeroSink:
             delete_objects(self._conn, targets, context=self.context)
             for graph in targets:
                 self._created[graph].clear()
+            if self._journal is not None:
+                self._journal.close()
         except Exception as exc:  # reported by the workflow next to the run's own error, which must not be hidden
+            if self._journal is not None:
+                self._journal.release()  # a later run deletes what is listed
             listed = "; ".join(f"{graph} {ids}" for graph, ids in targets.items())
             self.cleanup_problem = (f"cleaning up the partial results failed too ({getattr(exc, 'message', '') or exc}); "
                                     f"delete these by hand: {listed}")

@@ -39,6 +39,12 @@ def pixel_dtype(pixels_type: str, image_label: str) -> np.dtype:
     return np.dtype(PIXEL_TYPES[pixels_type])
 
 
+def server_uuid(conn) -> str:
+    """The OMERO database's UUID (IConfig.getDatabaseUuid): with it an image id names one image of one
+    installation, so a checkpoint made against a test server is never taken for a production image."""
+    return str(conn.getConfigService().getDatabaseUuid())
+
+
 class OmeroSlide:
     """An OMERO image as a :class:`~dlcore.io.slide.Slide` (plane z=0, t=0).
 
@@ -75,7 +81,7 @@ class OmeroSlide:
             raise
         self.info = SlideInfo(
             name=f"{label} {image.getName()}",
-            identity=f"omero:{label}?pixels={self.pixels_id}&z=0&t=0",
+            identity=f"omero://{server_uuid(conn)}/{label}?pixels={self.pixels_id}&z=0&t=0",
             levels=levels,
             mpp=_pixel_size(image),
             channels=_channel_names(image, self._size_c),

@@ -9,12 +9,14 @@ why, and nothing was written for it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from dlcore.errors import DlcoreError, OmeroError, ParameterError
+from dlcore.errors import DlcoreError, OmeroError, ParameterError, RunStopped
 from dlcore.omero.budget import not_started_message, session_budget
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class ImageReport:
     summary: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
     not_started: int = 0  # for the report that stands for images left out (the session's time limit)
+    stopped: bool = False  # the session's time ran out during this image: its checkpoint is kept
 
     def output_id(self, name: str) -> int | None:
         """The id in an output like ``"Image:12"`` (``name`` = "label image", "overview", ...)."""
@@ -146,7 +149,7 @@ def run_on_objects(
     task = resolve_task(task_name, params or {}, config=config)
     images = resolve_images(conn, data_type, ids)
     options = RunOptions(mpp=mpp, detect_tissue=detect_tissue, reader_threads=config.reader_threads,
-                         work_dir=config.work_dir)
+                         work_dir=config.work_dir, checkpoint_every_s=config.checkpoint_every_s)
     cap = config.roi_cap if roi_cap is None else roi_cap
     budget = session_budget(conn)
     reports = []
@@ -162,7 +165,14 @@ def run_on_objects(
         log.info("[%d/%d] %s %s: %s", index, len(images), label, image.getName(), task.name)
         callback = progress(f"[{index}/{len(images)}] {label} ") if progress else None
         started = time.monotonic()
-        reports.append(run_on_image(conn, image, task, options=options, roi_cap=cap, progress=callback))
+        image_options = dataclasses.replace(options, deadline=budget.tiles_deadline())
+        reports.append(run_on_image(conn, image, task, options=image_options, roi_cap=cap, progress=callback))
+        if reports[-1].stopped:
+            left = [f"Image:{int(i.getId())}" for i in images[index:]]
+            if left:
+                reports.append(ImageReport(image_id=-1, name="", ok=False, not_started=len(left),
+                                           message=not_started_message(budget, left, next_pixels=pixels)))
+            break
         budget.record(pixels, time.monotonic() - started)
     return reports
 
@@ -191,8 +201,14 @@ def run_on_image(conn, image, task, *, options, roi_cap: int, progress=None) -> 
     sink = slide = None
     try:
         slide = OmeroSlide(conn, image)
-        sink = OmeroSink(conn, image_id, image_name=name, group_id=group_id, dataset_ids=datasets, roi_cap=roi_cap)
+        sink = OmeroSink(conn, image_id, image_name=name, group_id=group_id, dataset_ids=datasets, roi_cap=roi_cap,
+                         work_dir=options.work_dir)
         result = analyse_slide(slide, task, sink, options=options, progress=progress)
+    except RunStopped as exc:
+        return ImageReport(image_id, name, False, stopped=True, message=(
+            f"⏸ {exc}. Nothing was written onto the image yet. The checkpoint is on the processor node "
+            f"{socket.gethostname()}: the script run again on this image with the same parameters continues from "
+            "it there (on another node it starts over)."))
     except DlcoreError as exc:
         return ImageReport(image_id, name, False, _failure(label, str(exc), sink))
     except Exception as exc:  # a server error on one image must not lose the others' results
@@ -243,11 +259,14 @@ def summary_message(reports: Sequence[ImageReport]) -> str:
     """The script's Message: a count line first, then one block per image (and one for images not started)."""
     ok = sum(r.ok for r in reports)
     skipped = sum(r.not_started for r in reports)
+    stopped = sum(r.stopped for r in reports)
     total = sum(1 for r in reports if not r.not_started) + skipped
-    failed = total - ok - skipped
+    failed = total - ok - skipped - stopped
     head = f"{ok} of {total} image{'s' if total != 1 else ''} analysed"
     if failed:
         head += f", {failed} failed (see below)"
+    if stopped:
+        head += ", 1 stopped at the time limit (run the script again on it to continue, see below)"
     if skipped:
         head += f", {skipped} not started (time limit, see below)"
     return "\n".join([head, *(r.message for r in reports)])

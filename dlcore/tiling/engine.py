@@ -46,6 +46,7 @@ class StageTimes:
     tiles: int = 0
     pixels: int = 0
     workers: int = 0
+    stopped: bool = False  # ``stop`` said so before the last tile
 
     def as_dict(self) -> dict[str, float]:
         return {"read_s": round(self.read, 3), "task_s": round(self.task, 3), "worker_s": round(self.post, 3),
@@ -72,16 +73,18 @@ def run_tiles(
     reader_threads: int = 2,
     prefetch: int = 2,
     progress: ProgressCallback | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> StageTimes:
     """Run ``infer`` over every tile, the pool's work on each result, and pass the work's result to
     ``consume`` (in the writer thread).
 
     ``consume(tile, window, result)`` is called once per tile, in grid order, whatever the number of
-    workers.  Returns the per-stage times.
+    workers.  ``stop()``, asked before each batch, ends the run early: the tiles already started are
+    consumed, no later one is, and the returned times say ``stopped``.  Returns the per-stage times.
     """
     times = StageTimes(workers=pool.workers)
     lock = threading.Lock()
-    stop = threading.Event()
+    halt = threading.Event()
     batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
     in_flight = max(2, -(-2 * max(pool.workers, 1) // batch_size))  # batches: about two tiles per worker
     write_queue: queue.Queue = queue.Queue(maxsize=max(in_flight, prefetch))
@@ -113,13 +116,12 @@ def run_tiles(
                     start = time.perf_counter()
                     consume(tile, window, result)
                     times.write += time.perf_counter() - start
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                done += len(item)
+                if progress:
+                    progress("tiles", done, len(tiles))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller (a failing progress too)
                 errors.append(exc)
-                stop.set()
-                continue
-            done += len(item)
-            if progress:
-                progress("tiles", done, len(tiles))
+                halt.set()
 
     wall_start = time.perf_counter()
     writer_thread = threading.Thread(target=writer, name="dlcore-writer", daemon=True)
@@ -129,7 +131,10 @@ def run_tiles(
     try:
         pending = [[readers.submit(timed_read, t) for t in batch] for batch in batches[:prefetch + 1]]
         for index, batch in enumerate(batches):
-            if stop.is_set():
+            if halt.is_set():
+                break
+            if stop is not None and stop():
+                times.stopped = True
                 break
             windows = [f.result() for f in pending.pop(0)]
             nxt = index + prefetch + 1
@@ -143,7 +148,7 @@ def run_tiles(
             futures = [pool.submit(tile, window, raw) for tile, window, raw in zip(batch, windows, raws)]
             write_queue.put(list(zip(batch, windows, futures)))
     except BaseException:
-        stop.set()
+        halt.set()
         raise
     finally:
         for futures in pending:

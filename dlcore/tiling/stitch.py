@@ -126,6 +126,20 @@ class InstanceStitcher:
         self.canvas.write(wx, wy, np.where(occupied | (on_canvas == 0), current, on_canvas).astype(current.dtype))
         return records
 
+    def checkpoint_state(self) -> dict:
+        """What :meth:`restore_state` needs to continue after the tiles stitched so far."""
+        return {"next_id": self.next_id, "truncated": self.truncated, "duplicates": self.duplicates,
+                "total_area_px": self.total_area_px}
+
+    def restore_state(self, state: dict, *, redo_windows=()) -> None:
+        """Continue from :meth:`checkpoint_state`'s ``state``; labels at or above its next id in the
+        ``redo_windows`` ((x, y, width, height) of the tiles still to do) are cleared: a killed run wrote
+        them after the checkpoint."""
+        self.next_id = int(state["next_id"])
+        self.truncated, self.duplicates = int(state["truncated"]), int(state["duplicates"])
+        self.total_area_px = int(state["total_area_px"])
+        self.canvas.clear_ids_from(self.next_id, redo_windows)
+
     def _check_inside(self, first_id: int, boxes: np.ndarray, wx: int, wy: int) -> None:
         """Raise :class:`InvariantError` unless every bounding box ((y0, y1, x0, x1) in the window at
         ``(wx, wy)``, of consecutive ids from ``first_id``) lies inside the canvas."""
@@ -153,4 +167,13 @@ class SemanticStitcher:
         self.class_pixels += counts[: len(self.class_pixels)]
         self.canvas.merge(tile.x, tile.y, core.astype(self.canvas.dtype))
         return []
+
+    def checkpoint_state(self) -> dict:
+        """What :meth:`restore_state` needs to continue after the tiles stitched so far."""
+        return {"class_pixels": self.class_pixels.copy()}
+
+    def restore_state(self, state: dict, *, redo_windows=()) -> None:
+        """Continue from :meth:`checkpoint_state`'s ``state``.  Tiles redone write the same classes into
+        their own cores, so nothing on the canvas needs clearing."""
+        self.class_pixels = np.asarray(state["class_pixels"], dtype=np.int64).copy()
 

@@ -1,0 +1,275 @@
+"""A run killed at any point continues from its checkpoint, and its results equal an uninterrupted run's.
+
+Each kill is a real ``SIGKILL`` of a forked process running :func:`analyse_slide` (no cleanup code of
+dlcore runs); the resumed run is compared byte for byte (CSV, GeoJSON) and pixel for pixel (the label
+image) with a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from dlcore.demo import SyntheticSlideSpec, write_synthetic_slide
+from dlcore.errors import OutputError, RunStopped
+from dlcore.io import open_slide
+from dlcore.io.labels import LabelCanvas
+from dlcore.io.local_sink import LocalFolderSink
+from dlcore.tasks.classical import ClassicalNuclei
+from dlcore.tiling import checkpoint as checkpoint_module
+from dlcore.tiling.checkpoint import Checkpoint, checkpoint_root
+from dlcore.workflows import RunOptions, analyse_slide
+
+TASK = ClassicalNuclei(tile_size=256)  # 1536 x 1024 at 0.5 µm/px: 21 tiles on tissue
+RESULT_FILES = ("objects.csv", "objects.geojson", "overview.png")
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory):
+    return write_synthetic_slide(tmp_path_factory.mktemp("slide") / "ihc.ome.tif",
+                                 SyntheticSlideSpec(width=1536, height=1024, seed=5))
+
+
+@pytest.fixture(scope="module")
+def reference(slide_path, tmp_path_factory):
+    """The uninterrupted run's result folder."""
+    out = tmp_path_factory.mktemp("reference")
+    _run(slide_path, out, RunOptions(work_dir=out / "scratch", checkpoint=False))
+    return out / "ihc" / TASK.name
+
+
+def _run(slide_path, out, options, *, sink=None, progress=None, task=TASK):
+    slide = open_slide(slide_path)
+    try:
+        return analyse_slide(slide, task, sink or LocalFolderSink(out), options=options, progress=progress)
+    finally:
+        slide.close()
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _DyingSink(LocalFolderSink):
+    """A local sink whose process is killed at one point of its work."""
+
+    def __init__(self, out, when: str) -> None:
+        super().__init__(out)
+        self.when = when
+
+    def begin(self, context) -> None:
+        super().begin(context)
+        if self.when == "begin":
+            _die()
+
+    def _replace(self, final, partial) -> None:  # the export is written, the folder not yet in place
+        if self.when == "export":
+            _die()
+        super()._replace(final, partial)
+
+
+def _killed_run(slide_path, out, options, *, when: str, small_cache: bool = False, commit_every: int = 1) -> None:
+    """Run in a forked process that is SIGKILLed at ``when`` ("begin", "tile:N", "export")."""
+
+    def child() -> None:
+        if small_cache:  # evictions store chunks of tiles after the last commit, as on a big slide
+            import dlcore.workflows as workflows
+
+            real = workflows.LabelCanvas
+            workflows.LabelCanvas = lambda *a, **k: real(*a, **{**k, "cache_chunks": 2})
+        if commit_every > 1:  # commit every n tiles instead of every `every_s` seconds
+            calls = {"n": 0}
+
+            def due(self) -> bool:
+                calls["n"] += 1
+                return calls["n"] % commit_every == 0
+
+            checkpoint_module.Checkpoint.due = due
+        progress = None
+        if when.startswith("tile:"):
+            at = int(when.split(":")[1])
+
+            def progress(stage, done, total):
+                if stage == "tiles" and done >= at:
+                    _die()
+        _run(slide_path, out, options, sink=_DyingSink(out, when), progress=progress)
+        os._exit(0)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(120)
+    assert process.exitcode == -signal.SIGKILL, f"the run was not killed at {when} (exit code {process.exitcode})"
+
+
+def _assert_same_results(folder: Path, reference: Path) -> None:
+    for name in RESULT_FILES:
+        assert (folder / name).read_bytes() == (reference / name).read_bytes(), f"{name} differs"
+    np.testing.assert_array_equal(tifffile.imread(folder / "labels.ome.tif"), tifffile.imread(reference / "labels.ome.tif"))
+
+
+def _options(tmp_path, **changes) -> RunOptions:
+    return RunOptions(work_dir=tmp_path / "scratch", checkpoint_every_s=0.0, **changes)
+
+
+def _checkpoints(tmp_path) -> list[Path]:
+    root = checkpoint_root(tmp_path / "scratch")
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
+
+
+@pytest.mark.parametrize("when, resumed_from", [
+    ("begin", None),       # before the first tile: nothing to continue, the run starts over
+    ("tile:1", 1),
+    ("tile:13", 13),
+    ("export", 21),        # every tile done, killed while the results were being put in place
+])
+def test_a_killed_run_continues_and_equals_the_uninterrupted_run(slide_path, reference, tmp_path, when, resumed_from):
+    out = tmp_path / "out"
+    _killed_run(slide_path, out, _options(tmp_path), when=when)
+    assert not (out / "ihc" / TASK.name).exists()  # nothing half-written in place
+    result = _run(slide_path, out, _options(tmp_path))
+    folder = out / "ihc" / TASK.name
+    _assert_same_results(folder, reference)
+    assert result.summary["tiles"] == 21
+    assert result.summary.get("resumed", {}).get("tiles_done_before") == resumed_from
+    assert result.summary["objects"] == json.loads((reference / "provenance.json").read_text())["summary"]["objects"]
+    assert [p.name for p in (out / "ihc").iterdir()] == [TASK.name]  # the killed run's partial folder is gone
+    assert _checkpoints(tmp_path) == []  # a finished run deletes its checkpoint
+
+
+def test_labels_written_after_the_last_commit_are_redone(slide_path, reference, tmp_path):
+    """Commits every 4 tiles and a tiny chunk cache: the killed run stored labels of uncommitted tiles."""
+    out = tmp_path / "out"
+    _killed_run(slide_path, out, _options(tmp_path), when="tile:10", small_cache=True, commit_every=4)
+    folder = _checkpoints(tmp_path)[0]
+    state = json.loads((folder / "state.json").read_text())
+    assert state["tiles_done"] == 8
+    on_disk = zarr.open_array(str(folder / "labels.zarr" / "0"), mode="r")[:]
+    assert on_disk.max() >= state["stitcher"]["next_id"]  # labels of uncommitted tiles were stored
+    result = _run(slide_path, out, _options(tmp_path))
+    assert result.summary["resumed"]["tiles_done_before"] == 8
+    _assert_same_results(out / "ihc" / TASK.name, reference)
+
+
+def test_a_checkpoint_is_never_reused_for_other_parameters_or_another_input(slide_path, tmp_path):
+    out = tmp_path / "out"
+    _killed_run(slide_path, out, _options(tmp_path), when="tile:6")
+    kept = _checkpoints(tmp_path)
+    assert len(kept) == 1
+    other_task = dataclasses.replace(TASK, min_size=TASK.min_size + 5)
+    assert "resumed" not in _run(slide_path, out, _options(tmp_path), task=other_task).summary
+    assert "resumed" not in _run(slide_path, out, _options(tmp_path, calibration_samples=4)).summary
+    copy = tmp_path / "copy" / slide_path.name  # the same pixels elsewhere: another input
+    copy.parent.mkdir()
+    copy.write_bytes(slide_path.read_bytes())
+    assert "resumed" not in _run(copy, tmp_path / "out2", _options(tmp_path)).summary
+    assert _checkpoints(tmp_path) == kept  # the killed run's own checkpoint is still there, untouched
+    assert _run(slide_path, out, _options(tmp_path)).summary["resumed"]["tiles_done_before"] == 6
+    assert _checkpoints(tmp_path) == []
+
+
+def test_fresh_starts_over(slide_path, reference, tmp_path):
+    out = tmp_path / "out"
+    _killed_run(slide_path, out, _options(tmp_path), when="tile:6")
+    result = _run(slide_path, out, _options(tmp_path, fresh=True))
+    assert "resumed" not in result.summary
+    _assert_same_results(out / "ihc" / TASK.name, reference)
+
+
+def test_a_deadline_stops_at_a_tile_boundary_and_the_next_run_continues(slide_path, reference, tmp_path, monkeypatch):
+    import dlcore.workflows as workflows
+
+    clock = {"now": 0.0}
+
+    def fake_time() -> float:  # each look at the clock before a batch advances it by one second
+        clock["now"] += 1.0
+        return clock["now"]
+
+    monkeypatch.setattr(workflows, "time", types.SimpleNamespace(time=fake_time, perf_counter=time.perf_counter))
+    out = tmp_path / "out"
+    with pytest.raises(RunStopped, match=r"stopped at a tile boundary after 9 of 21 tiles.*run the same again"):
+        _run(slide_path, out, _options(tmp_path, deadline=10.0))
+    assert not (out / "ihc" / TASK.name).exists()
+    assert json.loads((_checkpoints(tmp_path)[0] / "state.json").read_text())["tiles_done"] == 9
+    monkeypatch.undo()
+    result = _run(slide_path, out, _options(tmp_path))
+    assert result.summary["resumed"]["tiles_done_before"] == 9
+    _assert_same_results(out / "ihc" / TASK.name, reference)
+
+
+def test_the_same_run_twice_at_once_is_refused(tmp_path):
+    identity = {"run": "one"}
+    first = Checkpoint.open(tmp_path, identity)
+    try:
+        with pytest.raises(OutputError, match=rf"already running: its checkpoint .* is held by process {os.getpid()}"):
+            Checkpoint.open(tmp_path, identity)
+    finally:
+        first.close()
+    Checkpoint.open(tmp_path, identity).discard()  # released: usable again
+
+
+def test_a_resumed_canvas_clears_only_ids_from_the_last_commit(tmp_path):
+    canvas = LabelCanvas(tmp_path / "c.zarr", 600, 500, chunk=128)
+    canvas.write(0, 0, np.full((300, 300), 7, np.uint32))
+    canvas.merge(250, 250, np.where(np.eye(200, dtype=bool), 12, 0).astype(np.uint32))  # where it is 0
+    canvas.flush()
+    again = LabelCanvas(tmp_path / "c.zarr", 600, 500, chunk=128, reopen=True)
+    assert again.clear_ids_from(10, [(200, 200, 400, 300)]) > 0
+    labels = again.read(0, 0, 600, 500)
+    assert (labels[:300, :300] == 7).all() and labels.max() == 7 and (labels == 7).sum() == 300 * 300
+    with pytest.raises(Exception, match="not \\(400, 600\\)"):
+        LabelCanvas(tmp_path / "c.zarr", 600, 400, chunk=128, reopen=True)
+
+
+def test_old_checkpoints_nobody_holds_are_pruned(tmp_path):
+    stale = Checkpoint.open(tmp_path, {"run": "old"})
+    stale.close()
+    held = Checkpoint.open(tmp_path, {"run": "held"})
+    for folder in (stale.folder, held.folder):
+        old = time.time() - 8 * 86400
+        os.utime(folder, (old, old))
+    current = Checkpoint.open(tmp_path, {"run": "new"})
+    assert not stale.folder.exists() and held.folder.exists()  # a held one is never touched
+    held.close()
+    current.discard()
+
+
+def test_the_command_line_continues_after_kill_9(slide_path, reference, tmp_path):
+    config = tmp_path / "dlcore.toml"
+    config.write_text(f'[dlcore]\nwork_dir = "{tmp_path / "scratch"}"\ncheckpoint_every_s = 0\n')
+    env = {**os.environ, "DLCORE_CONFIG": str(config)}
+    command = [sys.executable, "-m", "dlcore.cli", "run", "nuclei-classical", str(slide_path), "-o", str(tmp_path / "out"),
+               "--tile-size", "256"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = None
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        states = list(checkpoint_root(tmp_path / "scratch").glob("*/state.json"))
+        if states:
+            try:
+                state = json.loads(states[0].read_text())
+            except (OSError, ValueError):
+                state = None
+            if state and state["tiles_done"] >= 3:
+                process.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    process.wait(60)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    folder = tmp_path / "out" / "ihc" / "nuclei-classical"
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["summary"]["resumed"]["tiles_done_before"] >= 3
+    _assert_same_results(folder, reference)
