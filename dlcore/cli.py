@@ -131,6 +131,7 @@ def cmd_run(args) -> int:
     from dlcore.batch import SlideJob, analyse_slides
     from dlcore.config import load_config
     from dlcore.io.local import expand_slide_paths
+    from dlcore.io.local_sink import check_output_folder
     from dlcore.progress import TqdmProgress
     from dlcore.tasks import resolve_task
     from dlcore.workflows import RunOptions
@@ -147,6 +148,11 @@ def cmd_run(args) -> int:
         print(f"- skipped {path}: {reason}", file=sys.stderr)
     if not slides:
         print("error: no slide files to analyse", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        check_output_folder(args.out)
+    except DlcoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     at_once = min(args.slides_at_once or config.slides_at_once, len(slides))
     if at_once > 1:  # each slide's process resolves the task (and loads a model) itself; this one needs none
@@ -326,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from dlcore.interrupts import stop_on_sigterm
+
+    stop_on_sigterm()  # `kill`, systemd: stop like Ctrl-C, keeping the checkpoint and leaving nothing half-written
     try:
         return args.func(args)
     except DlcoreError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import getpass
 import logging
 import platform
@@ -287,6 +288,9 @@ def analyse_slide(
             if keep_checkpoint:
                 log.warning("%s: %d of %d tiles are kept in the checkpoint %s; run the same again to continue "
                             "from there", info.name, checkpoint.tiles_done, len(tiles), checkpoint.folder)
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            raise OutputError(disk_error_message(info.name, exc, kept=checkpoint.tiles_done if keep_checkpoint else 0,
+                                                 tiles=len(tiles))) from exc
         raise
     finally:
         if keep_checkpoint:
@@ -297,6 +301,21 @@ def analyse_slide(
                 checkpoint.discard()
         shutil.rmtree(scratch, ignore_errors=True)
     return RunResult(summary=summary, outputs=outputs, provenance=provenance)
+
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def disk_error_message(name: str, exc: OSError, *, kept: int, tiles: int) -> str:
+    """What a run that could not write says: where, why, that nothing was left half-written, and the fix."""
+    where = exc.filename or "the output or scratch folder"
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+           errno.EFBIG: "the file is larger than this system allows", errno.EROFS: "the disk is read-only"}.get(
+        exc.errno, "permission denied")
+    kept_note = (f" {kept} of {tiles} tiles are kept in the run's checkpoint: run the same again once there is room "
+                 "to continue from there." if kept else "")
+    return (f"{name}: cannot write {where}: {why}. Nothing half-written is left and earlier results are untouched."
+            f"{kept_note} Free space there, or write elsewhere (-o for results, work_dir in dlcore.toml for scratch)")
 
 
 def make_scratch(work_dir: Path | None) -> Path:

@@ -415,6 +415,9 @@ def test_dlcore_toml_rendered_and_valid(sandbox):
     assert config.trained_models_dir == sandbox["trained"] and config.trained_dir == sandbox["trained"]
     assert (sandbox["trained"] / ".dlcore-nodes" / "gpu1").read_text() == "gpu1\n"  # the shared-folder check ran
     assert tomllib.loads(path.read_text())["dlcore"]["device"] == "auto"
+    work_dir = sandbox["prefix"] / "var" / "lib" / "dlcore" / "scratch"  # checkpoints survive a node restart
+    assert config.work_dir == work_dir and config.checkpoint_every_s == 20.0
+    assert work_dir.is_dir() and work_dir.stat().st_mode & 0o777 == 0o700
 
 
 def test_systemd_unit_and_node_config_rendered(sandbox):

@@ -141,3 +141,83 @@ def test_cli_models_commands(package, tmp_path, monkeypatch, capsys):
     assert main(["models", "remove", "tiny-semantic"]) == 0
     assert main(["models", "show", "tiny-semantic"]) == 1
     assert "no task or model called" in capsys.readouterr().err
+
+
+def _edit_rdf(folder: Path, edit) -> None:
+    import yaml
+
+    rdf = yaml.safe_load((folder / "rdf.yaml").read_text())
+    edit(rdf)
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+
+
+def _refused(source: Path, config: Config, match: str) -> str:
+    with pytest.raises(ModelError, match=match) as exc:
+        registry.install(str(source), config)
+    assert list(config.models_dir.iterdir()) == []  # nothing installed, no staging folder left
+    return str(exc.value)
+
+
+def test_a_package_missing_its_weights_is_refused(package, tmp_path, config):
+    bad = _copy(package, tmp_path / "bad")
+    (bad / "weights.pt").unlink()
+    assert "weights.pt" in _refused(bad, config, "refused")
+
+
+_MARKER = Path("/nonexistent")  # set by the test: where the payload would leave its mark
+
+
+def _payload(marker: str) -> None:  # what a malicious pickle would run
+    Path(marker).write_text("ran")
+
+
+class _PickledPayload:
+    def __reduce__(self):
+        return (_payload, (str(_MARKER),))
+
+
+def test_pickle_bearing_weights_are_refused_and_never_run(package, tmp_path, config):
+    import torch
+
+    from dlcore.models.package import sha256_file
+
+    global _MARKER
+    _MARKER = tmp_path / "payload-ran"
+    bad = _copy(package, tmp_path / "bad")
+    state = torch.load(bad / "weights.pt", weights_only=True)
+    torch.save({**state, "payload": _PickledPayload()}, bad / "weights.pt")
+    (bad / "weights_torchscript.pt").unlink()
+
+    def edit(rdf):
+        del rdf["weights"]["torchscript"]
+        rdf["weights"]["pytorch_state_dict"]["sha256"] = sha256_file(bad / "weights.pt")  # consistent hashes
+    _edit_rdf(bad, edit)
+    message = _refused(bad, config, "refused")
+    assert "weights" in message and not _MARKER.exists()
+
+
+def test_an_rdf_that_points_outside_its_folder_is_refused(package, tmp_path, config):
+    bad = _copy(package, tmp_path / "pkg" / "bad")
+    outside = tmp_path / "pkg" / "elsewhere.pt"
+    (bad / "weights.pt").rename(outside)
+
+    def edit(rdf):
+        rdf["weights"]["pytorch_state_dict"]["source"] = "../elsewhere.pt"
+    _edit_rdf(bad, edit)
+    assert "outside" in _refused(bad, config, "refused")
+    from dlcore.models.loader import _file
+
+    with pytest.raises(ModelError, match="lies outside its folder"):
+        _file(bad, "/etc/passwd")
+
+
+def test_a_link_out_of_the_package_is_refused(package, tmp_path, config):
+    bad = _copy(package, tmp_path / "bad")
+    (bad / "notes.txt").symlink_to("/etc/hostname")
+    assert "notes.txt" in _refused(bad, config, "link\\(s\\) to files outside the package")
+
+
+def test_a_corrupt_rdf_is_refused(package, tmp_path, config):
+    bad = _copy(package, tmp_path / "bad")
+    (bad / "rdf.yaml").write_text("weights: [unclosed\n  - : :\n")
+    _refused(bad, config, "refused|cannot read")

@@ -273,3 +273,32 @@ def test_the_command_line_continues_after_kill_9(slide_path, reference, tmp_path
     provenance = json.loads((folder / "provenance.json").read_text())
     assert provenance["summary"]["resumed"]["tiles_done_before"] >= 3
     _assert_same_results(folder, reference)
+
+
+def test_sigterm_stops_the_command_line_cleanly_and_the_next_run_continues(slide_path, reference, tmp_path):
+    """SIGTERM (OMERO's cancel, systemd, kill) ends the run like Ctrl-C: exit 130, the partial results
+    removed by the run itself, the finished tiles kept for the next run."""
+    config = tmp_path / "dlcore.toml"
+    config.write_text(f'[dlcore]\nwork_dir = "{tmp_path / "scratch"}"\ncheckpoint_every_s = 3600\n')
+    env = {**os.environ, "DLCORE_CONFIG": str(config)}
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "dlcore.cli", "run", "nuclei-classical", str(slide_path), "-o", str(out),
+               "--tile-size", "256"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:  # the objects file grows once tiles are done
+        files = list(checkpoint_root(tmp_path / "scratch").glob("*/objects.pickle"))
+        if files and files[0].stat().st_size > 0:
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.02)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert not list((out / "ihc").glob(".partial-*"))  # the run removed its own partial folder
+    state = json.loads((_checkpoints(tmp_path)[0] / "state.json").read_text())
+    assert state["tiles_done"] >= 1  # committed on the way out, though no periodic commit was due
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    provenance = json.loads((out / "ihc" / "nuclei-classical" / "provenance.json").read_text())
+    assert provenance["summary"]["resumed"]["tiles_done_before"] == state["tiles_done"]
+    _assert_same_results(out / "ihc" / "nuclei-classical", reference)

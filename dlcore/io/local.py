@@ -75,8 +75,13 @@ def open_slide(path: str | os.PathLike, *, cache_bytes: int | None = None) -> Sl
         The file is missing, of an unsupported format, corrupt or truncated.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise SlideError(f"{path} is a link to {os.readlink(path)}, which does not exist (moved, deleted or an "
+                         "unmounted share); fix the link or give the slide's real path")
     if not path.exists():
         raise SlideError(f"no such file: {path}; check the path (relative paths start at {Path.cwd()})")
+    if not path.is_dir() and not os.access(path, os.R_OK):
+        raise SlideError(f"{path} cannot be read: permission denied; ask its owner for read access, or copy it")
     if path.is_dir():
         raise SlideError(f"{path} is a folder, not a slide file; for MRXS slides give the .mrxs file")
     name = path.name.lower()
@@ -222,12 +227,18 @@ class TiffSlide:
 
 
 def _check_not_truncated(tif, path: Path) -> None:
-    """Raise when a level's tiles point past the end of the file (a truncated copy)."""
+    """Raise when a level's tiles are missing or point past the end of the file (a truncated copy)."""
     size = path.stat().st_size
-    for lv in tif.series[0].levels:
+    for level, lv in enumerate(tif.series[0].levels):
         for page in lv.pages:
             if page is None or not hasattr(page, "dataoffsets"):
                 continue
+            missing = sum(1 for o, c in zip(page.dataoffsets, page.databytecounts) if not c or not o)
+            if missing:
+                raise SlideError(
+                    f"{path.name}: {missing} of the {len(page.databytecounts)} tiles of level {level} have no "
+                    "data in the file (an interrupted or broken conversion); convert or export the slide again"
+                )
             ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts) if c]
             if ends and max(ends) > size:
                 raise SlideError(

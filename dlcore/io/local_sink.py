@@ -71,10 +71,14 @@ class LocalFolderSink:
         self._context = context
         self._name_prefix = json.dumps(f"{context.run_key} ")[:-1]
         slide_dir = self.out_dir / slide_stem(context.slide.name)
-        slide_dir.mkdir(exist_ok=True)
-        self._final = slide_dir / context.run_key
-        remove_dead_partials(slide_dir, context.run_key)
-        self._partial = Path(tempfile.mkdtemp(prefix=f".partial-{context.run_key}-", dir=slide_dir))
+        try:
+            slide_dir.mkdir(exist_ok=True)
+            self._final = slide_dir / context.run_key
+            remove_dead_partials(slide_dir, context.run_key)
+            self._partial = Path(tempfile.mkdtemp(prefix=f".partial-{context.run_key}-", dir=slide_dir))
+        except OSError as exc:
+            raise OutputError(f"cannot write results in {slide_dir}: {exc.strerror or exc}; choose an output "
+                              "folder you can write to (-o)") from exc
         os.chmod(self._partial, 0o777 & ~current_umask())  # mkdtemp makes it private (0700)
         write_owner(self._partial)
         self._csv = open(self._partial / "objects.csv", "w", newline="")
@@ -163,6 +167,21 @@ class LocalFolderSink:
             shutil.rmtree(self._partial, ignore_errors=True)
             owner_file(self._partial).unlink(missing_ok=True)
             self._partial = None
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Raise :class:`OutputError` unless results can be written in ``out_dir`` (made when missing): called
+    before any slide is analysed, so a wrong ``-o`` fails at once, not after the first slide's work."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"the output folder {out_dir} is a file; give -o a folder (it is made if missing)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write in the output folder {out_dir}: {exc.strerror or exc}; choose a folder "
+                          "you can write to (-o)") from exc
 
 
 def current_umask() -> int:

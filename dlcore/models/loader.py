@@ -20,7 +20,7 @@ import numpy as np
 
 from dlcore.errors import ModelError
 from dlcore.models.device import DeviceChoice, choose_device
-from dlcore.models.package import sha256_file
+from dlcore.models.package import inside, sha256_file
 from dlcore.models.processing import Processing
 from dlcore.models.spec import check_dlcore_config, foreign_config, resolve_activation
 
@@ -73,12 +73,18 @@ class ModelSpec:
 
 
 def _file(folder: Path, source) -> Path:
+    """The package file ``source`` names; raises ModelError unless it lies inside ``folder`` (an absolute
+    path, ``..`` or a symbolic link out of the package would read, or run, a file nobody checked)."""
     text = str(source)
     if "://" in text:
         raise ModelError(f"the package refers to a remote file {text}; dlcore runs local packages only "
                          "(download it and refer to it by a relative path)")
     path = Path(text)
-    return path if path.is_absolute() else folder / path
+    path = path if path.is_absolute() else folder / path
+    if not inside(path, folder):
+        raise ModelError(f"the package in {folder} refers to {text}, which lies outside its folder; a package's "
+                         "rdf.yaml may name only files inside the package (relative paths, no '..', no links out)")
+    return path
 
 
 def load_descr(rdf_path: Path, *, io_checks: bool = False):

@@ -43,6 +43,11 @@ UNET_CITATION = {"text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Ne
                          "Segmentation. MICCAI 2015.", "doi": "10.1007/978-3-319-24574-4_28"}
 
 
+def inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path``, with every symbolic link resolved, lies inside ``folder``."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
 def sha256_file(path: str | Path) -> str:
     """The SHA-256 hex digest of a file."""
     digest = hashlib.sha256()

@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dlcore.errors import ModelError
+from dlcore.models.package import inside
 
 log = logging.getLogger(__name__)
 
@@ -307,8 +308,7 @@ def _safe_extract(archive: Path, dest: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             for member in zf.namelist():
-                target = (dest / member).resolve()
-                if not str(target).startswith(str(dest.resolve())):
+                if not inside(dest / member, dest):
                     raise ModelError(f"{archive} holds a file outside its folder ({member}); refused")
             zf.extractall(dest)
     except zipfile.BadZipFile as exc:
@@ -378,6 +378,10 @@ def install(source: str | Path, config=None, *, name: str | None = None, subdir:
         if dest.exists() and not force:
             raise ModelError(f"a model called {target_name!r} is installed already; remove it first or use --force")
         staged = work / "package"
+        outside = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_symlink() and not inside(p, folder)]
+        if outside:
+            raise ModelError(f"refused {source}: {', '.join(sorted(outside))} link(s) to files outside the package; "
+                             "copy the files into the package instead")
         shutil.copytree(folder, staged, ignore=shutil.ignore_patterns(".git"))
         files = {str(p.relative_to(staged)): sha256_file(p) for p in sorted(staged.rglob("*")) if p.is_file()}
         (staged / "install.json").write_text(json.dumps({

@@ -237,7 +237,11 @@ def script_body(script_client, work, *, conn=None) -> str:
 def run_script_file(script_client, body, **kwargs) -> None:
     """What each script file does after declaring its parameters: ``body(script_client, **kwargs)``,
     then close the script's session (omero-scripts' ``finally: client.closeSession()``) once every
-    output is set."""
+    output is set.  A cancel from OMERO (SIGTERM) stops the job like Ctrl-C (:mod:`dlcore.interrupts`): the
+    image being analysed keeps its checkpoint and deletes what it had written."""
+    from dlcore.interrupts import stop_on_sigterm
+
+    stop_on_sigterm()
     try:
         body(script_client, **kwargs)
     finally:

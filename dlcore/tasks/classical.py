@@ -43,6 +43,9 @@ MARKERS = ("distance", "intensity")
 ASSUMED_MPP = 0.5  # µm per pixel assumed for physical sizes when an image has no pixel size (20x)
 
 
+MAX_SIGMA = 50.0  # working pixels: wider smoothing than this has no nuclei left to find
+
+
 def kmeans_threshold(values: np.ndarray, *, iterations: int = 100) -> float:
     """The two-class 1-D k-means threshold: the midpoint between the two converged class means."""
     values = np.asarray(values, dtype=np.float64).ravel()
@@ -135,6 +138,12 @@ class ClassicalNuclei:
             raise ParameterError(f"channel={self.channel} must be a channel index >= 0")
         if not self.sigma >= 0:
             raise ParameterError(f"sigma={self.sigma} must be >= 0 (seeds' value: 3)")
+        if self.sigma > MAX_SIGMA:
+            raise ParameterError(f"sigma={self.sigma} is more than {MAX_SIGMA:g} working pixels: it would blur nuclei "
+                                 "(a few pixels across) into the background; the seeds' value is 3")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise ParameterError(f"threshold={self.threshold} must be a positive value of the smoothed signal; leave it "
+                                 "out to compute it per slide")
         if self.threshold_method not in ("kmeans", "otsu"):
             raise ParameterError(f"threshold_method={self.threshold_method!r} must be 'kmeans' or 'otsu'")
         if self.min_size < 0:
