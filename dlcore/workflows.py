@@ -15,7 +15,6 @@ import logging
 import platform
 import shutil
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +32,8 @@ from dlcore.tasks.auto import AutoTask
 from dlcore.tasks.base import Task
 from dlcore.progress import ProgressCallback
 from dlcore.cores import CoreShare, share_cores
-from dlcore.tiling.checkpoint import DEFAULT_EVERY_S, Checkpoint, checkpoint_root, run_identity
+from dlcore.scratch import make_scratch
+from dlcore.tiling.checkpoint import DEFAULT_EVERY_S, Checkpoint, CorruptCheckpoint, checkpoint_root, run_identity
 from dlcore.tiling.engine import run_tiles
 from dlcore.tiling.pool import PredictOne, TileWork, WorkerPool
 from dlcore.tiling.tile_objects import TileObjects
@@ -185,27 +185,26 @@ def analyse_slide(
     stage["calibrate_s"] = time.perf_counter() - t0
 
     scratch = make_scratch(options.work_dir)
+    checkpoint = None
     try:
         checkpoint = open_checkpoint(info, task, plan, options, tissue, tiles)
+        canvas, stitcher, resumed = _canvas_and_stitcher(task, plan, info, (width, height), scratch, checkpoint, tiles)
     except BaseException:
+        if checkpoint is not None:
+            checkpoint.close()
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    resumed = checkpoint is not None and checkpoint.resumed
-    canvas = LabelCanvas(checkpoint.canvas_path if checkpoint else scratch / "labels.zarr", width, height,
-                         reopen=resumed)
     context = RunContext(
         slide=info, run_key=task.name, task_kind=task.kind, working_mpp=plan.working_mpp,
         factor=plan.factor, working_size=(width, height), class_names=tuple(task.class_names),
         class_colors=tuple(getattr(task, "class_colors", ())),
     )
-    stitcher = _stitcher(task, canvas, plan, info)
     if checkpoint is not None and not hasattr(stitcher, "checkpoint_state"):
         log.info("%s: the task's stitcher keeps no checkpoint state; a killed run will start over", info.name)
     commits = checkpoint is not None and hasattr(stitcher, "checkpoint_state")
     first = n_objects = 0
     if resumed:
         first, n_objects = checkpoint.tiles_done, checkpoint.n_objects
-        stitcher.restore_state(checkpoint.stitcher_state, redo_windows=[t.window for t in tiles[first:]])
         log.info("%s: continuing from the checkpoint in %s: %d of %d tiles were done", info.name, checkpoint.folder,
                  first, len(tiles))
     done = first
@@ -232,8 +231,8 @@ def analyse_slide(
                 if commits:
                     checkpoint.add_objects(records)
             done += 1
-            if commits and checkpoint.due():
-                commit()
+            if commits and done % task.batch_size == 0 and checkpoint.due():  # on a batch boundary: a resumed
+                commit()  # run batches its tiles as this one did (a model's padding depends on the batch)
 
         log.info("%s: %d tiles of %d px (+%d halo) at %s", info.name, len(tiles), task.tile_size, task.halo,
                  f"{plan.working_mpp:.3f} µm/px" if plan.working_mpp else "native resolution")
@@ -250,12 +249,11 @@ def analyse_slide(
         if commits:
             commit()  # every tile's work is kept: a kill during the export redoes the export only
         if times.stopped:
-            keep_checkpoint = True
-            raise RunStopped(
-                f"{info.name}: stopped at a tile boundary after {done} of {len(tiles)} tiles: the time limit was "
-                f"reached. The finished tiles are kept in {checkpoint.folder if commits else 'no checkpoint'}; run "
-                "the same again (same input, task and parameters) to continue from there"
-            )
+            kept = (f"The finished tiles are kept in {checkpoint.folder}; run the same again (same input, task and "
+                    "parameters) to continue from there" if commits and done > 0 else
+                    "No tile was kept (no checkpoint): the next run starts over")
+            raise RunStopped(f"{info.name}: stopped at a tile boundary after {done} of {len(tiles)} tiles: the time "
+                             f"limit was reached. {kept}")
         t0 = time.perf_counter()
         canvas.build_pyramid()
         overview = render_overview(
@@ -279,12 +277,14 @@ def analyse_slide(
         provenance["timings"]["write_results_s"] = round(time.perf_counter() - t0, 3)
         provenance["timings"]["total_s"] = round(time.perf_counter() - started, 3)
     except BaseException as exc:
-        sink.abort()
-        if commits:
+        if commits:  # decided before anything else, so a second interrupt cannot lose the committed tiles
+            keep_checkpoint = checkpoint.tiles_done > 0 and not isinstance(exc, CorruptCheckpoint)
             if isinstance(exc, KeyboardInterrupt):  # the writer has stopped: what it consumed is whole
                 with contextlib.suppress(Exception):
                     commit()
-            keep_checkpoint = checkpoint.tiles_done > 0  # nothing committed: nothing worth keeping
+                keep_checkpoint = checkpoint.tiles_done > 0
+        sink.abort()
+        if commits:
             if keep_checkpoint:
                 log.warning("%s: %d of %d tiles are kept in the checkpoint %s; run the same again to continue "
                             "from there", info.name, checkpoint.tiles_done, len(tiles), checkpoint.folder)
@@ -296,9 +296,9 @@ def analyse_slide(
         if keep_checkpoint:
             checkpoint.close()
         else:
-            canvas.close()
             if checkpoint is not None:
-                checkpoint.discard()
+                checkpoint.discard()  # its state first: a kill meanwhile leaves nothing to resume from
+            canvas.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return RunResult(summary=summary, outputs=outputs, provenance=provenance)
 
@@ -318,15 +318,25 @@ def disk_error_message(name: str, exc: OSError, *, kept: int, tiles: int) -> str
             f"{kept_note} Free space there, or write elsewhere (-o for results, work_dir in dlcore.toml for scratch)")
 
 
-def make_scratch(work_dir: Path | None) -> Path:
-    """A new private scratch folder in ``work_dir`` (made if missing; None: the system's temporary folder)."""
-    try:
-        if work_dir is not None:
-            Path(work_dir).mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="dlcore-", dir=work_dir))
-    except OSError as exc:
-        raise OutputError(f"cannot make a scratch folder in {work_dir or tempfile.gettempdir()}: {exc}; set work_dir "
-                          "in dlcore.toml to a writable folder with space for the label image") from exc
+def _canvas_and_stitcher(task: Task, plan: ResolutionPlan, info: SlideInfo, size: tuple[int, int], scratch: Path,
+                         checkpoint: Checkpoint | None, tiles) -> tuple:
+    """``(canvas, stitcher, resumed)``: the run's label canvas and stitcher, new, or as ``checkpoint`` left
+    them (labels a killed run wrote after its last commit cleared).  A checkpoint that cannot be read back
+    is reset, and the run starts from the first tile."""
+    width, height = size
+    if checkpoint is not None and checkpoint.resumed:
+        try:
+            canvas = LabelCanvas(checkpoint.canvas_path, width, height, reopen=True)
+            stitcher = _stitcher(task, canvas, plan, info)
+            stitcher.restore_state(checkpoint.stitcher_state,
+                                   redo_windows=[t.window for t in tiles[checkpoint.tiles_done:]])
+            return canvas, stitcher, True
+        except Exception as exc:  # noqa: BLE001 - a damaged checkpoint must not fail every later run
+            log.warning("%s: the checkpoint %s cannot be read back (%s); starting from the first tile", info.name,
+                        checkpoint.folder, exc)
+            checkpoint.reset()
+    canvas = LabelCanvas(checkpoint.canvas_path if checkpoint is not None else scratch / "labels.zarr", width, height)
+    return canvas, _stitcher(task, canvas, plan, info), False
 
 
 def open_checkpoint(info: SlideInfo, task: Task, plan: ResolutionPlan, options: RunOptions,

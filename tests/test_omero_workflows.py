@@ -327,3 +327,19 @@ def test_a_killed_run_leaves_nothing_once_the_next_run_is_done(omero, demo_slide
     assert kinds() - before == one_run + one_run  # nothing of the killed run is left, nothing is missing
     assert _table_values(server, ids["image"]) == _table_values(server, reference)
     assert not list((tmp_path / "scratch" / "dlcore-omero-journal").glob("*.json"))
+
+
+def test_a_journal_is_only_ever_taken_up_by_its_own_user(tmp_path):
+    """Another user's run on the same image may not delete a dead run's objects, so it must not see (and
+    drop) that run's journal either."""
+    from dlcore.omero.journal import CreationJournal
+
+    def journal(user: int, run: str) -> CreationJournal:
+        return CreationJournal(tmp_path, server="db", user_id=user, image_id=7, run_key=TASK, run_id=run)
+
+    dead = journal(1, "dead").open()
+    dead.record({"Roi": [11, 12], "Image": [13]})
+    dead.release()  # its process died
+    assert journal(2, "other").open().leftovers() == {}
+    assert journal(1, "next").open().leftovers() == {dead.path: {"Roi": [11, 12], "Annotation": [], "OriginalFile": [],
+                                                                 "Image": [13]}}

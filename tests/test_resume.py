@@ -58,8 +58,22 @@ def _run(slide_path, out, options, *, sink=None, progress=None, task=TASK):
         slide.close()
 
 
+_WORKERS_FILE = {"path": None}  # where a dying run writes its worker processes' pids
+
+
 def _die() -> None:
+    if _WORKERS_FILE["path"] is not None:
+        _WORKERS_FILE["path"].write_text(" ".join(str(p.pid) for p in multiprocessing.active_children()))
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped by its new parent
 
 
 class _DyingSink(LocalFolderSink):
@@ -80,7 +94,8 @@ class _DyingSink(LocalFolderSink):
         super()._replace(final, partial)
 
 
-def _killed_run(slide_path, out, options, *, when: str, small_cache: bool = False, commit_every: int = 1) -> None:
+def _killed_run(slide_path, out, options, *, when: str, small_cache: bool = False, commit_every: int = 1,
+                task=TASK) -> None:
     """Run in a forked process that is SIGKILLed at ``when`` ("begin", "tile:N", "export")."""
 
     def child() -> None:
@@ -97,6 +112,14 @@ def _killed_run(slide_path, out, options, *, when: str, small_cache: bool = Fals
                 return calls["n"] % commit_every == 0
 
             checkpoint_module.Checkpoint.due = due
+        if when.startswith("commit:"):  # right after the first commit of at least that many tiles
+            real_commit, at = checkpoint_module.Checkpoint.commit, int(when.split(":")[1])
+
+            def commit_then_die(self, *, tiles_done, **kwargs):
+                real_commit(self, tiles_done=tiles_done, **kwargs)
+                if tiles_done >= at:
+                    _die()
+            checkpoint_module.Checkpoint.commit = commit_then_die
         progress = None
         if when.startswith("tile:"):
             at = int(when.split(":")[1])
@@ -104,13 +127,24 @@ def _killed_run(slide_path, out, options, *, when: str, small_cache: bool = Fals
             def progress(stage, done, total):
                 if stage == "tiles" and done >= at:
                     _die()
-        _run(slide_path, out, options, sink=_DyingSink(out, when), progress=progress)
+        _run(slide_path, out, options, sink=_DyingSink(out, when), progress=progress, task=task)
         os._exit(0)
 
-    process = multiprocessing.get_context("fork").Process(target=child)
-    process.start()
-    process.join(120)
+    workers_file = Path(out).parent / f"workers-{os.getpid()}.txt"
+    workers_file.unlink(missing_ok=True)
+    _WORKERS_FILE["path"] = workers_file
+    try:
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+        process.join(120)
+    finally:
+        _WORKERS_FILE["path"] = None
     assert process.exitcode == -signal.SIGKILL, f"the run was not killed at {when} (exit code {process.exitcode})"
+    workers = [int(p) for p in workers_file.read_text().split()] if workers_file.exists() else []
+    deadline = time.time() + 10
+    while time.time() < deadline and not all(_gone(p) for p in workers):
+        time.sleep(0.1)
+    assert all(_gone(p) for p in workers), f"the killed run's workers {workers} outlived it"
 
 
 def _assert_same_results(folder: Path, reference: Path) -> None:
@@ -158,7 +192,7 @@ def test_labels_written_after_the_last_commit_are_redone(slide_path, reference, 
     on_disk = zarr.open_array(str(folder / "labels.zarr" / "0"), mode="r")[:]
     assert on_disk.max() >= state["stitcher"]["next_id"]  # labels of uncommitted tiles were stored
     result = _run(slide_path, out, _options(tmp_path))
-    assert result.summary["resumed"]["tiles_done_before"] == 8
+    assert result.summary["resumed"]["tiles_done_before"] == 9
     _assert_same_results(out / "ihc" / TASK.name, reference)
 
 
@@ -302,3 +336,89 @@ def test_sigterm_stops_the_command_line_cleanly_and_the_next_run_continues(slide
     provenance = json.loads((out / "ihc" / "nuclei-classical" / "provenance.json").read_text())
     assert provenance["summary"]["resumed"]["tiles_done_before"] == state["tiles_done"]
     _assert_same_results(out / "ihc" / "nuclei-classical", reference)
+
+
+class _Killed(BaseException):
+    pass
+
+
+def test_a_kill_while_a_checkpoint_is_deleted_leaves_nothing_to_resume_from(tmp_path, monkeypatch):
+    """The state goes first: a finished run killed while deleting its checkpoint leaves no state beside a
+    half-deleted canvas (which a later run would take for finished tiles)."""
+    checkpoint = Checkpoint.open(tmp_path, {"run": "one"})
+    canvas = LabelCanvas(checkpoint.canvas_path, 300, 300, chunk=128)
+    canvas.write(0, 0, np.ones((300, 300), np.uint32))
+    checkpoint.commit(tiles_done=4, n_objects=1, canvas=canvas, stitcher_state={"next_id": 2})
+    assert (checkpoint.folder / "state.json").exists()
+
+    def killed(*args, **kwargs):
+        raise _Killed()
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed)
+    with pytest.raises(_Killed):
+        checkpoint.discard()
+    assert not (checkpoint.folder / "state.json").exists()
+    monkeypatch.undo()
+    checkpoint.close()
+    again = Checkpoint.open(tmp_path, {"run": "one"})
+    assert not again.resumed and again.tiles_done == 0
+    again.discard()
+
+
+def test_the_state_always_names_the_arrays_of_its_own_commit(tmp_path, monkeypatch):
+    """A kill between writing a commit's arrays and its state keeps the previous commit whole."""
+    checkpoint = Checkpoint.open(tmp_path, {"run": "arrays"})
+    canvas = LabelCanvas(checkpoint.canvas_path, 64, 64, chunk=64)
+    checkpoint.commit(tiles_done=2, n_objects=0, canvas=canvas, stitcher_state={"class_pixels": np.array([5, 1])})
+    real_replace = os.replace
+
+    def killed_at_the_state(src, dst):
+        if str(dst).endswith("state.json"):
+            raise _Killed()
+        real_replace(src, dst)
+    monkeypatch.setattr(checkpoint_module.os, "replace", killed_at_the_state)
+    with pytest.raises(_Killed):
+        checkpoint.commit(tiles_done=4, n_objects=0, canvas=canvas, stitcher_state={"class_pixels": np.array([9, 3])})
+    monkeypatch.undo()
+    checkpoint.close()
+    again = Checkpoint.open(tmp_path, {"run": "arrays"})
+    assert again.tiles_done == 2 and again.stitcher_state["class_pixels"].tolist() == [5, 1]
+    again.discard()
+
+
+def test_an_unreadable_objects_file_is_deleted_and_says_to_run_again(slide_path, tmp_path):
+    out = tmp_path / "out"
+    _killed_run(slide_path, out, _options(tmp_path), when="tile:6")
+    [folder] = _checkpoints(tmp_path)
+    objects = folder / "objects.pickle"
+    objects.write_bytes(objects.read_bytes()[: objects.stat().st_size // 2])  # a power cut before the disk had it
+    with pytest.raises(checkpoint_module.CorruptCheckpoint, match="cannot be read back.*starts from the first tile"):
+        _run(slide_path, out, _options(tmp_path))
+    assert _checkpoints(tmp_path) == [] and not (out / "ihc" / TASK.name).exists()
+    assert "resumed" not in _run(slide_path, out, _options(tmp_path)).summary
+
+
+def test_a_deadline_without_checkpoints_says_nothing_was_kept(slide_path, tmp_path):
+    with pytest.raises(RunStopped, match="No tile was kept \\(no checkpoint\\): the next run starts over"):
+        _run(slide_path, tmp_path / "out", _options(tmp_path, checkpoint=False, deadline=0.0))
+
+
+def test_a_model_run_resumed_mid_batch_equals_the_uninterrupted_run(tmp_path):
+    """A semantic model with batches of 2 and edge tiles narrower than the others: the resumed run's batches
+    are the uninterrupted run's (commits land on batch boundaries), so are its maps and class areas."""
+    pytest.importorskip("torch")
+    from dlcore.config import Config
+    from dlcore.tasks import resolve_task
+    from model_packages import tiny_semantic_package
+
+    tiny_semantic_package(tmp_path / "models" / "tiny")
+    config = Config(models_dir=tmp_path / "models", device="cpu")
+    task = resolve_task("tiny", {"tile_size": 96, "halo": 16, "batch_size": 2}, config=config)
+    path = write_synthetic_slide(tmp_path / "slide.ome.tif", SyntheticSlideSpec(width=1000, height=700, seed=2))
+    reference = _run(path, tmp_path / "ref", RunOptions(work_dir=tmp_path / "s0", checkpoint=False,
+                                                        detect_tissue=False), task=task)
+    _killed_run(path, tmp_path / "out", _options(tmp_path, detect_tissue=False), when="commit:5", task=task)
+    result = _run(path, tmp_path / "out", _options(tmp_path, detect_tissue=False), task=task)
+    assert result.summary["resumed"]["tiles_done_before"] == 6  # no commit after tile 5: it waited for the batch
+    assert result.summary["class_pixels"] == reference.summary["class_pixels"]
+    folder, ref_folder = (tmp_path / d / "slide" / task.name for d in ("out", "ref"))
+    np.testing.assert_array_equal(tifffile.imread(folder / "labels.ome.tif"), tifffile.imread(ref_folder / "labels.ome.tif"))

@@ -4,8 +4,8 @@
 stream, the table, the label image, the attached files) and deletes them itself when the run fails.  A
 process that is killed (``kill -9``, a node restart, the processor ending the job) cannot: the ROIs stay
 on the image and the rest stays unlinked (an orphaned label image in OMERO.web).  So the sink writes the
-ids it creates into a journal on the node, ``<work_dir>/dlcore-omero-journal/<server>-Image<id>-<run key>-
-<run id>.json``, beside a lock file its process holds (``flock``; the kernel releases it however the
+ids it creates into a journal on the node, ``<work_dir>/dlcore-omero-journal/<server>-User<id>-Image<id>-
+<run key>-<run id>.json``, beside a lock file its process holds (``flock``; the kernel releases it however the
 process dies).  A later run of the same task on the same image, once its own results are linked, finds
 the journals nobody holds and deletes what they list that still exists and belongs to the caller; a
 run that links its results removes its own journal, since its objects are results from then on.
@@ -40,9 +40,10 @@ def _safe(text: str) -> str:
 class CreationJournal:
     """One run's journal (see the module docstring), locked by this process while it is open."""
 
-    def __init__(self, folder: Path, *, server: str, image_id: int, run_key: str, run_id: str) -> None:
+    def __init__(self, folder: Path, *, server: str, user_id: int, image_id: int, run_key: str, run_id: str) -> None:
         self.folder = Path(folder)
-        self.prefix = f"{_safe(server)}-Image{int(image_id)}-{_safe(run_key)}-"
+        # one user's runs only: another user may not delete them, and must not drop their journal
+        self.prefix = f"{_safe(server)}-User{int(user_id)}-Image{int(image_id)}-{_safe(run_key)}-"
         self.path = self.folder / f"{self.prefix}{run_id}.json"
         self._lock_fd = -1
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -103,11 +102,13 @@ class OmeroSink:
     # -- streaming --------------------------------------------------------------------------------
     def begin(self, context: RunContext) -> None:
         from dlcore.omero.slide import server_uuid
+        from dlcore.scratch import make_scratch
 
         self._run = context
         self._journal = CreationJournal(journal_folder(self._work_dir), server=server_uuid(self._conn),
-                                        image_id=self.image_id, run_key=context.run_key, run_id=self.run_id).open()
-        self._scratch = Path(tempfile.mkdtemp(prefix="dlcore-omero-", dir=self._work_dir))
+                                        user_id=int(self._conn.getUserId()), image_id=self.image_id,
+                                        run_key=context.run_key, run_id=self.run_id).open()
+        self._scratch = make_scratch(self._work_dir, prefix="dlcore-omero-")
         self._files = LocalFolderSink(self._scratch, label_format="ome-tiff")  # exact uint32 ids, attached
         self._files.begin(context)
         update = self._conn.getUpdateService()

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 OBJECTS_FILE = "objects.pickle"
-ARRAYS_FILE = "stitcher.npz"
+ARRAYS_PREFIX = "stitcher-"  # + commit number + ".npz": the state names the one it goes with
 LOCK_FILE = "lock"
 CANVAS = "labels.zarr"
 FORMAT = 1  # bumped when the folder's layout changes: an older checkpoint is then never reused
@@ -88,6 +88,11 @@ def identity_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
+class CorruptCheckpoint(OutputError):
+    """A checkpoint's files cannot be read back (e.g. a power cut before the disk had them): the run
+    that finds it deletes it, so the next run starts over instead of failing the same way."""
+
+
 class Checkpoint:
     """One run's checkpoint folder, locked by this process while it is open (see the module docstring).
 
@@ -105,6 +110,7 @@ class Checkpoint:
         self.stitcher_state: dict | None = None
         self._objects_bytes = 0
         self._objects = None
+        self._commits = 0
         self._last_commit = time.monotonic()
 
     # -- opening ----------------------------------------------------------------------------------
@@ -131,12 +137,17 @@ class Checkpoint:
         checkpoint = cls(folder, identity, lock_fd, every_s=every_s)
         state = None if fresh else checkpoint._read_state()
         if state is None:
-            checkpoint._reset()
+            checkpoint.reset()
         else:
-            checkpoint.tiles_done = int(state["tiles_done"])
-            checkpoint.n_objects = int(state["n_objects"])
-            checkpoint._objects_bytes = int(state["objects_bytes"])
-            checkpoint.stitcher_state = checkpoint._read_stitcher(state["stitcher"])
+            try:
+                checkpoint.stitcher_state = checkpoint._read_stitcher(state["stitcher"], state.get("arrays"))
+                checkpoint.tiles_done = int(state["tiles_done"])
+                checkpoint.n_objects = int(state["n_objects"])
+                checkpoint._objects_bytes = int(state["objects_bytes"])
+                checkpoint._commits = int(state.get("commit", 0))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("checkpoint %s cannot be read back (%s); starting from the first tile", folder, exc)
+                checkpoint.reset()
         prune_stale(root, keep=folder)
         return checkpoint
 
@@ -158,18 +169,20 @@ class Checkpoint:
             return None
         return state
 
-    def _read_stitcher(self, scalars: dict) -> dict:
+    def _read_stitcher(self, scalars: dict, arrays_name: str | None) -> dict:
         state = dict(scalars)
-        arrays = self.folder / ARRAYS_FILE
-        if arrays.exists():
+        if arrays_name:
+            arrays = self.folder / arrays_name
             import numpy as np
 
             with np.load(arrays, allow_pickle=False) as data:
                 state.update({name: data[name] for name in data.files})
         return state
 
-    def _reset(self) -> None:
-        """Empty the folder (all but the lock) for a run from the first tile."""
+    def reset(self) -> None:
+        """Empty the folder (all but the lock) for a run from the first tile; the state goes first, so a
+        kill meanwhile leaves a folder no run resumes from."""
+        (self.folder / STATE_FILE).unlink(missing_ok=True)
         for path in self.folder.iterdir():
             if path.name == LOCK_FILE:
                 continue
@@ -195,9 +208,13 @@ class Checkpoint:
         path = self.folder / OBJECTS_FILE
         if self._objects_bytes == 0:
             return
-        with open(path, "rb") as stream:
-            while stream.tell() < self._objects_bytes:
-                yield pickle.load(stream)  # noqa: S301 - written by dlcore into its own 0700 folder
+        try:
+            with open(path, "rb") as stream:
+                while stream.tell() < self._objects_bytes:
+                    yield pickle.load(stream)  # noqa: S301 - written by dlcore into its own 0700 folder
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError, AttributeError) as exc:
+            raise CorruptCheckpoint(f"the checkpoint {self.folder} cannot be read back ({exc}); it is deleted, and "
+                                    "the same run started again starts from the first tile") from exc
 
     def add_objects(self, records: list) -> None:
         """Append a batch of objects (kept once the next commit lands)."""
@@ -222,16 +239,21 @@ class Checkpoint:
         canvas.flush()
         arrays = {k: v for k, v in stitcher_state.items() if isinstance(v, np.ndarray)}
         scalars = {k: v for k, v in stitcher_state.items() if k not in arrays}
-        if arrays:
-            partial = self.folder / (ARRAYS_FILE + ".partial")
-            with open(partial, "wb") as stream:
+        commit = self._commits + 1
+        arrays_name = f"{ARRAYS_PREFIX}{commit}.npz" if arrays else None
+        if arrays:  # a new file each commit: the state in place always names arrays of its own commit
+            with open(self.folder / arrays_name, "wb") as stream:
                 np.savez(stream, **arrays)
-            os.replace(partial, self.folder / ARRAYS_FILE)
-        state = {"identity": self.identity, "tiles_done": tiles_done, "n_objects": n_objects,
-                 "objects_bytes": self._objects_bytes, "stitcher": scalars, "committed": time.time()}
+        state = {"identity": self.identity, "tiles_done": tiles_done, "n_objects": n_objects, "commit": commit,
+                 "objects_bytes": self._objects_bytes, "stitcher": scalars, "arrays": arrays_name,
+                 "committed": time.time()}
         partial = self.folder / (STATE_FILE + ".partial")
         partial.write_text(json.dumps(state))
         os.replace(partial, self.folder / STATE_FILE)
+        self._commits = commit
+        for old in self.folder.glob(f"{ARRAYS_PREFIX}*.npz"):
+            if old.name != arrays_name:
+                old.unlink(missing_ok=True)
         self.tiles_done, self.n_objects = tiles_done, n_objects
         self._last_commit = time.monotonic()
 
@@ -250,6 +272,7 @@ class Checkpoint:
         if self._objects is not None:
             self._objects.close()
             self._objects = None
+        (self.folder / STATE_FILE).unlink(missing_ok=True)  # first: a kill meanwhile leaves nothing to resume from
         for path in self.folder.iterdir():
             if path.name != LOCK_FILE:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
@@ -289,6 +312,7 @@ def prune_stale(root: Path, *, keep: Path, max_age_days: float = MAX_AGE_DAYS) -
             continue
         if fd is None:  # a run holds it
             continue
+        (folder / STATE_FILE).unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         os.close(fd)
         removed.append(folder)

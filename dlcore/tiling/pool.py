@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -69,10 +70,23 @@ class PredictOne:
 _WORK: TileWork | None = None
 
 
-def _install(work: TileWork) -> None:
+PARENT_CHECK_S = 1.0
+
+
+def _install(work: TileWork, parent: int) -> None:
     global _WORK
     _WORK = work
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core per worker: no nested thread pools
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), name="dlcore-parent-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """End this worker once the run's process is gone.  A run killed with SIGKILL cannot shut its pool
+    down, and a worker waiting for its next tile never learns it otherwise (it holds both ends of its
+    queue's pipe): it would sit on its memory forever."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
 
 
 def _timed(work: TileWork, tile: Tile, window: np.ndarray, raw):
@@ -108,7 +122,7 @@ class WorkerPool:
         self._pool = None
         if self.workers > 0:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_install, initargs=(work,))
+                                             initializer=_install, initargs=(work, os.getpid()))
 
     def submit(self, tile: Tile, window: np.ndarray, raw) -> Future:
         if self._pool is None:
