@@ -199,9 +199,9 @@ def analyse_slide(
         factor=plan.factor, working_size=(width, height), class_names=tuple(task.class_names),
         class_colors=tuple(getattr(task, "class_colors", ())),
     )
-    if checkpoint is not None and not hasattr(stitcher, "checkpoint_state"):
-        log.info("%s: the task's stitcher keeps no checkpoint state; a killed run will start over", info.name)
     commits = checkpoint is not None and hasattr(stitcher, "checkpoint_state")
+    if checkpoint is not None and not commits:
+        log.info("%s: the task's stitcher keeps no checkpoint state; a killed run will start over", info.name)
     first = n_objects = 0
     if resumed:
         first, n_objects = checkpoint.tiles_done, checkpoint.n_objects
@@ -284,10 +284,9 @@ def analyse_slide(
                     commit()
                 keep_checkpoint = checkpoint.tiles_done > 0
         sink.abort()
-        if commits:
-            if keep_checkpoint:
-                log.warning("%s: %d of %d tiles are kept in the checkpoint %s; run the same again to continue "
-                            "from there", info.name, checkpoint.tiles_done, len(tiles), checkpoint.folder)
+        if keep_checkpoint:
+            log.warning("%s: %d of %d tiles are kept in the checkpoint %s; run the same again to continue "
+                        "from there", info.name, checkpoint.tiles_done, len(tiles), checkpoint.folder)
         if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
             raise OutputError(disk_error_message(info.name, exc, kept=checkpoint.tiles_done if keep_checkpoint else 0,
                                                  tiles=len(tiles))) from exc

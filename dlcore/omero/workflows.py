@@ -157,9 +157,7 @@ def run_on_objects(
         label = f"Image:{int(image.getId())}"
         pixels = _level0_pixels(image)
         if not budget.fits(pixels):
-            left = [f"Image:{int(i.getId())}" for i in images[index - 1:]]
-            reports.append(ImageReport(image_id=-1, name="", ok=False, not_started=len(left),
-                                       message=not_started_message(budget, left, next_pixels=pixels)))
+            reports.append(_not_started(budget, images[index - 1:]))
             log.warning("%s", reports[-1].message)
             break
         log.info("[%d/%d] %s %s: %s", index, len(images), label, image.getName(), task.name)
@@ -168,13 +166,18 @@ def run_on_objects(
         image_options = dataclasses.replace(options, deadline=budget.tiles_deadline())
         reports.append(run_on_image(conn, image, task, options=image_options, roi_cap=cap, progress=callback))
         if reports[-1].stopped:
-            left = [f"Image:{int(i.getId())}" for i in images[index:]]
-            if left:
-                reports.append(ImageReport(image_id=-1, name="", ok=False, not_started=len(left),
-                                           message=not_started_message(budget, left, next_pixels=pixels)))
+            if images[index:]:
+                reports.append(_not_started(budget, images[index:]))
             break
         budget.record(pixels, time.monotonic() - started)
     return reports
+
+
+def _not_started(budget, images: list) -> ImageReport:
+    """The report that stands for ``images``, left out because the session's time is running out."""
+    labels = [f"Image:{int(i.getId())}" for i in images]
+    return ImageReport(image_id=-1, name="", ok=False, not_started=len(labels),
+                       message=not_started_message(budget, labels, next_pixels=_level0_pixels(images[0])))
 
 
 def _level0_pixels(image) -> int:

@@ -182,16 +182,21 @@ class Checkpoint:
     def reset(self) -> None:
         """Empty the folder (all but the lock) for a run from the first tile; the state goes first, so a
         kill meanwhile leaves a folder no run resumes from."""
+        self._empty(strict=True)
+        self.tiles_done = self.n_objects = self._objects_bytes = 0
+        self.stitcher_state = None
+
+    def _empty(self, *, strict: bool) -> None:
+        """Delete everything in the folder but the lock, the state first (a kill meanwhile leaves nothing
+        to resume from); ``strict``: raise when something cannot be deleted."""
         (self.folder / STATE_FILE).unlink(missing_ok=True)
         for path in self.folder.iterdir():
             if path.name == LOCK_FILE:
                 continue
             if path.is_dir():
-                shutil.rmtree(path)
+                shutil.rmtree(path, ignore_errors=not strict)
             else:
-                path.unlink()
-        self.tiles_done = self.n_objects = self._objects_bytes = 0
-        self.stitcher_state = None
+                path.unlink(missing_ok=not strict)
 
     @property
     def resumed(self) -> bool:
@@ -272,10 +277,7 @@ class Checkpoint:
         if self._objects is not None:
             self._objects.close()
             self._objects = None
-        (self.folder / STATE_FILE).unlink(missing_ok=True)  # first: a kill meanwhile leaves nothing to resume from
-        for path in self.folder.iterdir():
-            if path.name != LOCK_FILE:
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        self._empty(strict=False)
         (self.folder / LOCK_FILE).unlink(missing_ok=True)
         self.close()
         try:
