@@ -21,7 +21,7 @@ log = logging.getLogger("dlcore")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # subcommands other modules add: module -> function(subparsers) registering one or more commands
-PLUGIN_COMMANDS = ("dlcore.doctor", "dlcore.models.cli", "dlcore.train.cli")
+PLUGIN_COMMANDS = ("dlcore.doctor", "dlcore.models.cli", "dlcore.train.cli", "dlcore.qc.cli")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -77,6 +77,10 @@ def _add_run_parser(sub) -> None:
                    help="keep no checkpoint while tiles stream (saves scratch space; a killed run then starts over)")
     p.add_argument("--label-format", choices=("ome-tiff", "ome-zarr"), default="ome-tiff", help="label image format")
     p.add_argument("--reader-threads", type=int, help="tile prefetch threads (default: from the configuration)")
+    p.add_argument("--qc", choices=("off", "flag", "exclude"), default="off",
+                   help="slide quality control first (blur, pen ink, folds, bubbles, coverslip edges, staining; see "
+                        "`dlcore qc`): 'flag' reports it beside the results, 'exclude' also leaves the artefacts out "
+                        "of the analysis and records the area left out")
     p.add_argument("--slides-at-once", type=int, metavar="N",
                    help="analyse N slides side by side, each with its share of the cores (default: from the "
                         "configuration, 1)")
@@ -142,6 +146,7 @@ def cmd_run(args) -> int:
         mpp=args.mpp, detect_tissue=not args.no_tissue_detection,
         reader_threads=args.reader_threads or config.reader_threads, work_dir=config.work_dir,
         checkpoint=not args.no_checkpoint, checkpoint_every_s=config.checkpoint_every_s, fresh=args.fresh,
+        qc=args.qc,
     )
     slides, skipped = expand_slide_paths(args.slides)
     for path, reason in skipped:
@@ -169,6 +174,12 @@ def cmd_run(args) -> int:
             print(f"✗ {outcome.path}: {outcome.error}", file=sys.stderr)
         else:
             _print_result(outcome.path, outcome)
+            if "qc" in outcome.summary:
+                from dlcore.qc.cli import BATCH_TABLE
+                from dlcore.qc.outputs import update_batch_table
+                from dlcore.qc.run import table_row
+
+                update_batch_table(args.out / BATCH_TABLE, [table_row(outcome.summary["slide"], outcome.summary["qc"])])
     if len(slides) > 1 or skipped:
         print(f"{len(slides) - failures} of {len(slides)} slides done, {failures} failed"
               + (f", {len(skipped)} skipped" if skipped else ""))
@@ -185,6 +196,13 @@ def _print_result(path: Path, result) -> None:
         print(f"  task {s['task_choice']}")
     for warning in s.get("warnings", ()):
         print(f"  ! {warning}")
+    if "qc" in s:
+        from dlcore.qc.cli import print_verdict
+
+        print_verdict(path.name, s["qc"]["verdict"], s["qc"])
+        if s["qc"]["mode"] == "exclude" and s["qc"]["excluded_fraction_of_tissue"]:
+            print(f"    left out of the analysis: {100 * s['qc']['excluded_fraction_of_tissue']:.1f} % of the tissue"
+                  + (f" ({s['qc']['excluded_area_mm2']} mm²)" if s["qc"]["excluded_area_mm2"] is not None else ""))
     for name, location in result.outputs.items():
         print(f"    {name:<12} {location}")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import dlcore
-from dlcore.errors import InputError, InvariantError, OutputError, RunStopped
+from dlcore.errors import InputError, InvariantError, OutputError, ParameterError, RunStopped
 from dlcore.io.labels import LabelCanvas
 from dlcore.io.sink import ResultSink, RunContext, RunOutputs
 from dlcore.io.slide import ResolutionPlan, Slide, SlideInfo, plan_resolution, read_working, with_mpp
@@ -31,6 +31,9 @@ from dlcore.overview import render_overview
 from dlcore.tasks.auto import AutoTask
 from dlcore.tasks.base import Task
 from dlcore.progress import ProgressCallback
+from dlcore.qc.exclusion import Exclusion, usable_tissue
+from dlcore.qc.outputs import write_qc_files
+from dlcore.qc.run import QC_MODES, QCOptions, QCResult, qc_problems, qc_run_summary, run_qc
 from dlcore.cores import CoreShare, share_cores
 from dlcore.scratch import make_scratch
 from dlcore.tiling.checkpoint import DEFAULT_EVERY_S, Checkpoint, CorruptCheckpoint, checkpoint_root, run_identity
@@ -64,6 +67,12 @@ class RunOptions:
     fresh: start from the first tile even when a checkpoint of the same run exists (it is replaced).
     deadline: a wall-clock time (``time.time()``) after which no tile is started: the run then stops
         at a tile boundary with its checkpoint kept and raises :class:`~dlcore.errors.RunStopped`.
+    qc: slide quality control before the analysis (:mod:`dlcore.qc`): ``"off"``; ``"flag"``: QC runs and
+        its mask, flags and files join the results, the analysis is unchanged; ``"exclude"``: as flag,
+        and artefact regions are left out of the analysis (no tile, calibration window or object there;
+        the excluded area is recorded).
+    qc_options: how QC looks (:class:`~dlcore.qc.run.QCOptions`); its focus is measured at the task's
+        working resolution.
     """
 
     mpp: float | None = None
@@ -78,11 +87,19 @@ class RunOptions:
     checkpoint_every_s: float = DEFAULT_EVERY_S
     fresh: bool = False
     deadline: float | None = None
+    qc: str = "off"
+    qc_options: QCOptions = QCOptions()
+
+    def __post_init__(self) -> None:
+        if self.qc not in QC_MODES:
+            raise ParameterError(f"qc={self.qc!r} is not a QC mode; choose one of {', '.join(QC_MODES)} "
+                                 "(exclude: leave artefacts out, flag: only report them, off: no QC)")
 
     def result_options(self) -> dict:
         """The options that change a run's results (a checkpoint is reused only when they are equal)."""
         return {"mpp": self.mpp, "detect_tissue": self.detect_tissue, "calibration_samples": self.calibration_samples,
-                "calibration_size": self.calibration_size}
+                "calibration_size": self.calibration_size, "qc": self.qc,
+                **({"qc_options": self.qc_options.as_dict()} if self.qc == "exclude" else {})}
 
 
 @dataclass(frozen=True)
@@ -176,18 +193,34 @@ def analyse_slide(
                 f"no tissue found in {info.name} (method: {method}); check the image, or analyse the whole "
                 "image with --no-tissue-detection"
             )
-    tiles = make_grid(width, height, GridSpec(task.tile_size, task.halo), mask=tissue.mask if tissue else None)
     stage["tissue_s"] = time.perf_counter() - t0
 
+    qc, analysed, exclusion = None, tissue, None
+    if options.qc != "off":
+        t0 = time.perf_counter()
+        qc = run_qc(slide, info=info, options=dataclasses.replace(options.qc_options, focus_mpp=plan.working_mpp),
+                    progress=progress)
+        stage["qc_s"] = time.perf_counter() - t0
+        log.info("%s: QC %s (%s)", info.name, qc.verdict, qc_problems(qc) or "no artefact")
+        if options.qc == "exclude" and qc.artefact_mask().any():
+            analysed = usable_tissue(tissue, qc.artefact_mask(), qc.downsample)
+            exclusion = Exclusion(mask=qc.artefact_mask(), downsample=qc.downsample, factor=plan.factor)
+            if not analysed.mask.any():
+                raise InputError(f"{info.name}: QC found artefacts on all of its tissue ({qc_problems(qc)}); nothing "
+                                 "is left to analyse. See the QC overview (dlcore qc), or run with --qc flag to "
+                                 "analyse it anyway")
+    tiles = make_grid(width, height, GridSpec(task.tile_size, task.halo), mask=analysed.mask if analysed else None)
+
     t0 = time.perf_counter()
-    samples = calibration_windows(slide, plan, info, tissue, count=options.calibration_samples, size=options.calibration_size)
+    samples = calibration_windows(slide, plan, info, analysed, count=options.calibration_samples,
+                                  size=options.calibration_size)
     task = task.prepare(samples)
     stage["calibrate_s"] = time.perf_counter() - t0
 
     scratch = make_scratch(options.work_dir)
     checkpoint = None
     try:
-        checkpoint = open_checkpoint(info, task, plan, options, tissue, tiles)
+        checkpoint = open_checkpoint(info, task, plan, options, analysed, tiles, qc=qc if exclusion else None)
         canvas, stitcher, resumed = _canvas_and_stitcher(task, plan, info, (width, height), scratch, checkpoint, tiles)
     except BaseException:
         if checkpoint is not None:
@@ -236,7 +269,8 @@ def analyse_slide(
 
         log.info("%s: %d tiles of %d px (+%d halo) at %s", info.name, len(tiles), task.tile_size, task.halo,
                  f"{plan.working_mpp:.3f} µm/px" if plan.working_mpp else "native resolution")
-        infer, work = tile_work(task, stitcher, canvas, render_text=getattr(sink, "renders_object_text", False))
+        infer, work = tile_work(task, stitcher, canvas, render_text=getattr(sink, "renders_object_text", False),
+                                exclude=exclusion)
         share = core_share(task, work, options)
         log.info("%s: %d worker process(es), %d torch thread(s) of %d core(s)", info.name, share.workers,
                  share.torch_threads, share.cores)
@@ -269,6 +303,11 @@ def analyse_slide(
             summary["resumed"] = {"tiles_done_before": first, "tiles": len(tiles)}
         extra_outputs = getattr(task, "extra_outputs", None)  # optional: e.g. a heatmap, class outlines
         extra_files = extra_outputs(stitcher, scratch) if extra_outputs else {}
+        if qc is not None:
+            summary["qc"] = qc_run_summary(qc, options.qc)
+            summary["tags"] = [*summary.get("tags", ()), *qc.tags()]
+            extra_files.update({f"QC {kind.removeprefix('qc_')}": path
+                                for kind, path in write_qc_files(qc, scratch / "qc").items()})
         provenance = _provenance(info, task, plan, options, tissue, summary, times, stage, started, choice)
         provenance["timings"]["analysis_s"] = round(time.perf_counter() - started, 3)  # before the final export
         t0 = time.perf_counter()
@@ -339,13 +378,17 @@ def _canvas_and_stitcher(task: Task, plan: ResolutionPlan, info: SlideInfo, size
 
 
 def open_checkpoint(info: SlideInfo, task: Task, plan: ResolutionPlan, options: RunOptions,
-                    tissue: TissueMask | None, tiles) -> Checkpoint | None:
+                    tissue: TissueMask | None, tiles, *, qc: QCResult | None = None) -> Checkpoint | None:
     """The run's :class:`~dlcore.tiling.checkpoint.Checkpoint` (reused when an earlier run of the same
-    identity left one), or None when ``options.checkpoint`` is off."""
+    identity left one), or None when ``options.checkpoint`` is off.  ``qc``: the QC whose artefacts the run
+    excludes (its mask is part of the identity)."""
     if not options.checkpoint:
         return None
+    result_options = options.result_options()
+    if qc is not None:
+        result_options["qc_mask"] = qc.digest()
     identity = run_identity(info=info, task_provenance=task.provenance(), plan=plan,
-                            options=options.result_options(), tissue_method=tissue.method if tissue else None,
+                            options=result_options, tissue_method=tissue.method if tissue else None,
                             tiles=tiles)
     return Checkpoint.open(checkpoint_root(options.work_dir), identity, every_s=options.checkpoint_every_s,
                            fresh=options.fresh)
@@ -358,14 +401,16 @@ def _counting_from(progress: ProgressCallback | None, first: int) -> ProgressCal
     return lambda stage, done, total: progress(stage, first + done, first + total)
 
 
-def tile_work(task: Task, stitcher, canvas: LabelCanvas, *, render_text: bool = False) -> tuple:
+def tile_work(task: Task, stitcher, canvas: LabelCanvas, *, render_text: bool = False,
+              exclude: Exclusion | None = None) -> tuple:
     """``(infer, work)``: what the main process runs on a batch of windows, and the per-tile
     :class:`~dlcore.tiling.pool.TileWork` for the workers.
 
     A task with ``split_for_workers()`` infers in the main process and post-processes in the workers;
     one with ``runs_in_process`` runs whole in the workers; any other predicts in the main process.
     With the engine's :class:`InstanceStitcher`, the workers also find, measure and outline each tile's
-    objects, and with ``render_text`` their CSV and GeoJSON text too."""
+    objects, and with ``render_text`` their CSV and GeoJSON text too; with ``exclude`` they leave out the
+    objects (or classes) on QC artefacts."""
     split = getattr(task, "split_for_workers", None)
     if split is not None:
         infer, postprocess = split()
@@ -374,7 +419,8 @@ def tile_work(task: Task, stitcher, canvas: LabelCanvas, *, render_text: bool = 
     else:
         infer, postprocess = task.predict, None
     find = isinstance(stitcher, InstanceStitcher)
-    work = TileWork(postprocess=postprocess, find_objects=find, canvas_size=(canvas.width, canvas.height))
+    work = TileWork(postprocess=postprocess, find_objects=find, canvas_size=(canvas.width, canvas.height),
+                    exclude=exclude)
     if find:
         work = dataclasses.replace(work, factor=stitcher.factor, mpp=stitcher.mpp, bounds=stitcher.bounds,
                                    min_pixels=stitcher.min_pixels, classify=stitcher.classify, render_text=render_text)

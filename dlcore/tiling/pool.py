@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlcore.io.object_text import with_text
+from dlcore.qc.exclusion import Exclusion
 from dlcore.tiling.grid import Tile
 from dlcore.tiling.tile_objects import find_tile_objects
 
@@ -34,6 +35,8 @@ class TileWork:
     the label map already.  ``find_objects`` (instance tasks with the engine's stitcher) then returns the
     tile's :class:`~dlcore.tiling.tile_objects.TileObjects` instead of the labels; with ``render_text``
     its records carry their CSV and GeoJSON text (:mod:`dlcore.io.object_text`), for a sink that writes it.
+    ``exclude`` (``--qc exclude``, :class:`~dlcore.qc.exclusion.Exclusion`): objects whose centroid lies
+    on an artefact are not found, and a label map without objects is set to background there.
     """
 
     postprocess: Callable[[object, np.ndarray], np.ndarray] | None = None
@@ -45,13 +48,18 @@ class TileWork:
     min_pixels: int = 0
     classify: Callable[[np.ndarray, np.ndarray], str | None] | None = None
     render_text: bool = False
+    exclude: Exclusion | None = None
 
     def __call__(self, tile: Tile, window: np.ndarray, raw):
         labels = raw if self.postprocess is None else self.postprocess(raw, window)
+        excluded = None if self.exclude is None else self.exclude.window(*tile.window)
         if not self.find_objects:
-            return labels
+            if excluded is None or not isinstance(labels, np.ndarray):
+                return labels
+            return np.where(excluded, 0, labels).astype(labels.dtype, copy=False)
         found = find_tile_objects(tile, window, labels, canvas_size=self.canvas_size, factor=self.factor,
-                                  mpp=self.mpp, bounds=self.bounds, min_pixels=self.min_pixels, classify=self.classify)
+                                  mpp=self.mpp, bounds=self.bounds, min_pixels=self.min_pixels, classify=self.classify,
+                                  excluded=excluded)
         if self.render_text:
             with_text(found.records)
         return found

@@ -72,11 +72,14 @@ def find_tile_objects(
     bounds: tuple[float, float] | None = None,
     min_pixels: int = 0,
     classify: Callable[[np.ndarray, np.ndarray], str | None] | None = None,
+    excluded: np.ndarray | None = None,
 ) -> TileObjects:
     """The objects of ``labels`` (the task's map of ``tile``'s window) that ``tile`` owns, measured.
 
     An object is owned when its centroid (pixel centres at +0.5, slide coordinates) lies in the tile's
-    core, it has at least ``max(min_pixels, 1)`` pixels inside the canvas, and it is not background.
+    core, it has at least ``max(min_pixels, 1)`` pixels inside the canvas, and it is not background;
+    with ``excluded`` (a boolean mask of the window: QC artefacts), also when the window pixel holding
+    its centroid is not excluded.
     ``factor``, ``mpp`` and ``bounds`` are as for :func:`dlcore.objects.object_record`.
     """
     from scipy import ndimage as ndi
@@ -102,6 +105,10 @@ def find_tile_objects(
         & (wy + cy + 0.5 >= tile.y) & (wy + cy + 0.5 < tile.y + tile.height)
     )[0]
     owned_ids = owned_ids[(owned_ids > 0) & (area[owned_ids] >= max(min_pixels, 1))]
+    if excluded is not None and owned_ids.size:
+        at_y = np.clip(cy[owned_ids].astype(np.int64), 0, labels.shape[0] - 1)
+        at_x = np.clip(cx[owned_ids].astype(np.int64), 0, labels.shape[1] - 1)
+        owned_ids = owned_ids[~excluded[at_y, at_x]]
     if owned_ids.size == 0:
         return _empty(labels.shape, window.shape[2])
     renumber = np.zeros(n + 1, np.uint32)
