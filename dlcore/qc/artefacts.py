@@ -1,8 +1,8 @@
 """Artefacts found on a low-resolution picture of a brightfield slide (8-bit RGB), as HistoQC does.
 
-Every detector takes the QC thumbnail (``(Y, X, 3)`` uint8, a few µm per pixel), the tissue mask of
-that thumbnail and the thumbnail's pixel size in µm, and returns a boolean mask with the rule it
-applied (recorded in the QC report).  Sizes are physical, so the rules hold at any QC resolution.
+Every detector takes the QC thumbnail (a :class:`Picture` of ``(Y, X, 3)`` uint8 pixels, a few µm
+each), the tissue mask of that thumbnail and the thumbnail's pixel size in µm, and returns a boolean
+mask with the rule it applied (recorded in the QC report).  Sizes are physical, so the rules hold at any QC resolution.
 
 - **Pen ink** (:func:`detect_pen`): marker ink has hues and saturations no histological stain has
   (HSV after a 3-pixel mean): blue (hue 190-260°, saturation >= 0.45, where haematoxylin stays below
@@ -24,11 +24,12 @@ applied (recorded in the QC report).  Sizes are physical, so the rules hold at a
   washed-out regions.
 - **Bubbles and coverslip edges** (:func:`detect_bubbles_and_edges`): both show as thin dark
   unstained lines (the refraction at an air/mountant interface or a glass edge).  Dark ridges
-  (Sato's tubeness filter at 2-6 µm, black ridges) that are unstained (saturation < 0.2) and darker
-  than their surroundings are linked into lines.  A line that closes a compact region (solidity >=
-  0.8, at least 0.02 mm², the region at least 3 times the rim's area) is a bubble: the region and
-  its rim.  A straight line at least 1 mm long (its minor axis under 5 % of its major axis) is a
-  coverslip edge or crack: the line's pixels.
+  (Sato's tubeness filter at 2-6 µm, black ridges) that are unstained (saturation < 0.2, or below
+  that of their 40 µm surroundings: in the thumbnail a thin grey line blends with the stain around
+  it) and at least 8 % darker than those surroundings are linked into lines.  A line that closes a
+  compact region (solidity >= 0.8, at least 0.02 mm², the region at least 3 times the rim's area)
+  is a bubble: the region and its rim.  A straight line at least 1 mm long (its minor axis under
+  5 % of its major axis) is a coverslip edge or crack: the line's pixels.
 """
 from __future__ import annotations
 
@@ -197,7 +198,8 @@ PALE_RATIO = 0.45
 
 def dark_unstained_lines(picture: Picture, *, um_per_px: float) -> np.ndarray:
     """Thin dark lines without stain colour: Sato's black-ridge filter at 2-6 µm, unstained (saturation
-    < 0.2) and at least 8 % darker than the mean of their 40 µm surroundings."""
+    < 0.2, or below that of their 40 µm surroundings) and at least 8 % darker than the mean of
+    those surroundings."""
     import cv2
     from scipy import ndimage as ndi
     from skimage.filters import sato
@@ -207,7 +209,9 @@ def dark_unstained_lines(picture: Picture, *, um_per_px: float) -> np.ndarray:
     ridge = sato(v, sigmas=sigmas, black_ridges=True, mode="reflect")
     size = max(3, int(round(px(40, um_per_px))) | 1)
     surround = cv2.blur(v, (size, size), borderType=cv2.BORDER_REFLECT)
-    lines = (ridge >= 0.04) & (s < 0.2) & (v <= surround * 0.92)
+    surround_saturation = cv2.blur(s, (size, size), borderType=cv2.BORDER_REFLECT)
+    unstained = (s < 0.2) | (s < surround_saturation)  # a thin grey line blends with the stain around it
+    lines = (ridge >= 0.04) & unstained & (v <= surround * 0.92)
     return ndi.binary_closing(lines, structure=np.ones((3, 3), bool))
 
 

@@ -164,6 +164,8 @@ def run_qc(slide: Slide, *, info: SlideInfo | None = None, options: QCOptions = 
     found: dict[str, np.ndarray] = {}
     stats = {"median_od": float("nan"), "median_saturation": float("nan")}
     if info.is_rgb:
+        if progress is not None:
+            progress("QC low resolution", 0, 1)
         picture = artefacts.Picture.of(thumb)
         stats = artefacts.tissue_statistics(picture, tissue)
         detections = {"pen": artefacts.detect_pen(picture, um_per_px=um_per_px)}
@@ -175,6 +177,8 @@ def run_qc(slide: Slide, *, info: SlideInfo | None = None, options: QCOptions = 
             picture, um_per_px=um_per_px)
         for name, detection in detections.items():
             found[name], methods[name] = detection.mask, detection.method
+        if progress is not None:
+            progress("QC low resolution", 1, 1)
     else:
         methods["pen, fold, pale, bubble, coverslip_edge"] = "not applicable: the slide is not 8-bit RGB brightfield"
     timings["low_resolution_s"] = time.perf_counter() - t0
