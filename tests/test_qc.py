@@ -297,3 +297,15 @@ def test_the_artefact_classes_are_documented():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "QC.md").read_text()
     for qc_class in ARTEFACTS:
         assert f"`{qc_class.name}`" in doc
+
+
+def test_patches_cleared_on_artefacts_leave_the_slide_decision():
+    from dlcore.models.patches import labelled_patches
+
+    tile = Tile(row=0, col=0, x=0, y=0, width=100, height=64, halo=8)  # 2 x 4 patches of 32 (the last partial)
+    labels = np.zeros((80, 116), np.int32)
+    labels[8:72, 8:108] = 2  # every patch classified
+    labels[8:40, 8:30] = 0  # an artefact clears most of patch (0, 0)...
+    labels[40:72, 40:50] = 0  # ...and under half of patch (1, 1)
+    kept = labelled_patches(tile, labels, 32, 2, 4)
+    assert kept.tolist() == [[False, True, True, True], [True, True, True, True]]

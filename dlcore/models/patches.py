@@ -57,6 +57,19 @@ def classify_windows(task, windows: list[np.ndarray]) -> tuple[list[np.ndarray],
     return labels, grids
 
 
+def labelled_patches(tile, labels: np.ndarray, p: int, rows: int, cols: int) -> np.ndarray:
+    """Patches of a tile's core still labelled on at least half of their pixels: a patch whose class
+    was cleared on QC artefacts (``--qc exclude``) no longer counts in the slide's decision."""
+    h = tile.halo
+    core = labels[h:h + tile.height, h:h + tile.width] > 0
+    kept = np.zeros((rows, cols), bool)
+    for r in range(rows):
+        for c in range(cols):
+            block = core[r * p:(r + 1) * p, c * p:(c + 1) * p]
+            kept[r, c] = block.size > 0 and block.mean() >= 0.5
+    return kept
+
+
 class PatchStitcher(SemanticStitcher):
     """A :class:`SemanticStitcher` that also keeps every patch's probabilities on a slide-wide grid."""
 
@@ -74,7 +87,7 @@ class PatchStitcher(SemanticStitcher):
         r0, c0 = tile.y // p, tile.x // p
         rows, cols = grid["tissue"].shape
         self.grid[r0:r0 + rows, c0:c0 + cols] = grid["probs"]
-        self.tissue[r0:r0 + rows, c0:c0 + cols] = grid["tissue"]
+        self.tissue[r0:r0 + rows, c0:c0 + cols] = grid["tissue"] & labelled_patches(tile, labels, p, rows, cols)
         return records
 
     def checkpoint_state(self) -> dict:
