@@ -147,3 +147,30 @@ def painted_demo(width: int = 6144, height: int = 4096) -> tuple[np.ndarray, np.
         "coverslip_edge": paint_coverslip_edge(image, (200, 4000), (6000, 3960), width=10),
     }
     return clean, image, truth
+
+
+def he_mosaic() -> np.ndarray:
+    """A 3000 x 2100 slide of real H&E tissue: stardist's TCIA field, flipped and rotated in a mosaic."""
+    from synthetic import real_he_field
+
+    he = real_he_field()
+    rows = []
+    for r in range(7):
+        row = [np.rot90(he, 2) if (r + c) % 2 else he for c in range(6)]
+        rows.append(np.concatenate([x[:, ::-1] if c % 3 == 1 else x for c, x in enumerate(row)], axis=1))
+    return np.ascontiguousarray(np.concatenate(rows, axis=0))
+
+
+def painted_he() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``(clean, painted, truth)`` as :func:`painted_demo`, on :func:`he_mosaic`: a fold, a blue pen
+    stroke, a blurred region and a bubble."""
+    clean = he_mosaic()
+    image = clean.copy()
+    tissue = tissue_pixels(clean)
+    shift = (37, 53)
+    truth = {"fold": paint_fold(image, [(600, 600), (1800, 1300)], 400, shift=shift)
+             & tissue & np.roll(tissue, shift, axis=(0, 1)),
+             "pen": paint_pen(image, [(2000, 200), (2800, 900)], 250, (40, 70, 200)),
+             "blur": paint_blur(image, (300, 1500, 900, 500), 4) & tissue,
+             "bubble": paint_bubble(image, (2300, 1600), 300)}
+    return clean, image, truth

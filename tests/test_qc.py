@@ -25,9 +25,8 @@ from dlcore.tiling.pool import TileWork
 from dlcore.tiling.tile_objects import find_tile_objects
 from dlcore.tiling.tissue import TissueMask
 from dlcore.workflows import RunOptions, analyse_slide
-from painted_artefacts import at_mask_resolution, iou, painted_demo, paint_pen, tissue_pixels, paint_fold, \
-    paint_blur, paint_bubble
-from synthetic import real_he_field, write_ome_tiff
+from painted_artefacts import at_mask_resolution, iou, paint_pen, painted_demo, painted_he
+from synthetic import write_ome_tiff
 
 
 @pytest.fixture(scope="module")
@@ -89,25 +88,9 @@ def test_no_artefact_on_the_clean_demo_slide(demo):
     assert "in range" in result.stain["judgement"]
 
 
-def he_mosaic() -> np.ndarray:
-    """A 3000 x 2100 slide of real H&E tissue (stardist's TCIA field, flipped and rotated in a mosaic)."""
-    he = real_he_field()
-    rows = []
-    for r in range(7):
-        row = [np.rot90(he, 2) if (r + c) % 2 else he for c in range(6)]
-        rows.append(np.concatenate([x[:, ::-1] if c % 3 == 1 else x for c, x in enumerate(row)], axis=1))
-    return np.ascontiguousarray(np.concatenate(rows, axis=0))
-
-
 def test_real_he_tissue_clean_and_with_artefacts(tmp_path):
     """A second stain: clean H&E shows no artefact; painted H&E shows each artefact where it was painted."""
-    clean = he_mosaic()
-    painted = clean.copy()
-    tissue = tissue_pixels(clean)
-    truth = {"fold": paint_fold(painted, [(600, 600), (1800, 1300)], 400) & tissue & np.roll(tissue, (37, 53), (0, 1)),
-             "pen": paint_pen(painted, [(2000, 200), (2800, 900)], 250, (40, 70, 200)),
-             "blur": paint_blur(painted, (300, 1500, 900, 500), 4) & tissue,
-             "bubble": paint_bubble(painted, (2300, 1600), 300)}
+    clean, painted, truth = painted_he()
     for name, image in (("clean", clean), ("painted", painted)):
         slide = open_slide(write_ome_tiff(tmp_path / f"{name}.ome.tif", image, tile=256, levels=3))
         try:

@@ -19,10 +19,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from painted_artefacts import (at_mask_resolution, iou, paint_blur, paint_bubble, paint_fold,  # noqa: E402
-                               paint_pen, painted_demo, tissue_pixels)
+from painted_artefacts import (at_mask_resolution, iou, paint_blur, painted_demo, painted_he,  # noqa: E402
+                               tissue_pixels)
 from synthetic import write_ome_tiff  # noqa: E402
-from test_qc import he_mosaic  # noqa: E402
 
 from dlcore.io import open_slide  # noqa: E402
 from dlcore.qc.classes import BY_NAME  # noqa: E402
@@ -37,17 +36,6 @@ def qc_of(image: np.ndarray, folder: Path, name: str):
         slide.close()
 
 
-def he_painted() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    clean = he_mosaic()
-    image = clean.copy()
-    tissue = tissue_pixels(clean)
-    truth = {"fold": paint_fold(image, [(600, 600), (1800, 1300)], 400) & tissue & np.roll(tissue, (37, 53), (0, 1)),
-             "pen": paint_pen(image, [(2000, 200), (2800, 900)], 250, (40, 70, 200)),
-             "blur": paint_blur(image, (300, 1500, 900, 500), 4) & tissue,
-             "bubble": paint_bubble(image, (2300, 1600), 300)}
-    return clean, image, truth
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="keep the slides here (default: a temporary folder)")
@@ -55,7 +43,7 @@ def main() -> None:
     folder = args.out or Path(tempfile.mkdtemp(prefix="qc-validation-"))
     folder.mkdir(parents=True, exist_ok=True)
     print("| tissue | artefact | painted px (QC grid) | found px | IoU |\n|---|---|---|---|---|")
-    for tissue_name, (clean, painted, truth) in (("IHC (demo)", painted_demo()), ("H&E (stardist field)", he_painted())):
+    for tissue_name, (clean, painted, truth) in (("IHC (demo)", painted_demo()), ("H&E (stardist field)", painted_he())):
         key = tissue_name.split()[0].replace("&", "")
         found_clean = qc_of(clean, folder, f"{key}-clean")
         result = qc_of(painted, folder, f"{key}-painted")

@@ -143,14 +143,7 @@ class LocalFolderSink:
 
     @staticmethod
     def _replace(final: Path, partial: Path) -> None:
-        """Move ``partial`` to ``final``, replacing an earlier result folder as atomically as possible."""
-        old = None
-        if final.exists():
-            old = old_results_path(partial)
-            final.rename(old)
-        partial.rename(final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(final, partial)
 
     def _close_streams(self) -> None:
         if self._geojson is not None and not self._geojson.closed:
@@ -167,6 +160,19 @@ class LocalFolderSink:
             shutil.rmtree(self._partial, ignore_errors=True)
             owner_file(self._partial).unlink(missing_ok=True)
             self._partial = None
+
+
+def replace_folder(final: Path, partial: Path) -> None:
+    """Move ``partial`` to ``final``, replacing an earlier result folder as atomically as possible (the
+    earlier one is parked beside it first, so a kill in between leaves it for
+    :func:`remove_dead_partials` to move back)."""
+    old = None
+    if final.exists():
+        old = old_results_path(partial)
+        final.rename(old)
+    partial.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_output_folder(out_dir: Path) -> None:

@@ -7,9 +7,9 @@ writes the same files beside its results and the same batch table.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -86,7 +86,7 @@ def cmd_qc(args) -> int:
 def qc_one(path: Path, out: Path, *, options, mpp: float | None = None):
     """QC of the slide at ``path`` into ``out`` (see the module docstring); ``(result, folder)``."""
     from dlcore.io.local import open_slide
-    from dlcore.io.local_sink import LocalFolderSink, remove_dead_partials, slide_stem, write_owner, owner_file
+    from dlcore.io.local_sink import owner_file, remove_dead_partials, replace_folder, slide_stem, write_owner
     from dlcore.io.slide import with_mpp
     from dlcore.progress import TqdmProgress
     from dlcore.qc.outputs import update_batch_table, write_qc_files
@@ -107,10 +107,8 @@ def qc_one(path: Path, out: Path, *, options, mpp: float | None = None):
     try:
         write_qc_files(result, partial)
         os.chmod(partial, 0o755)
-        LocalFolderSink._replace(slide_dir / "qc", partial)
+        replace_folder(slide_dir / "qc", partial)
     except BaseException:
-        import shutil
-
         shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
@@ -127,14 +125,3 @@ def print_verdict(name: str, verdict: str, summary: dict, folder: Path | None = 
     print(f"{mark} {name}: QC {verdict}" + (f": {', '.join(flagged)}" if flagged else ": no artefact found"))
     if folder is not None:
         print(f"    {folder}")
-
-
-def main(argv=None) -> int:  # pragma: no cover - `python -m dlcore.qc.cli`
-    from dlcore.cli import main as cli_main
-
-    return cli_main(["qc", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    argparse  # noqa: B018 - imported for type clarity
-    sys.exit(main())

@@ -20,7 +20,7 @@ from dlcore.errors import ParameterError
 from dlcore.io.slide import Slide, SlideInfo, plan_resolution
 from dlcore.progress import ProgressCallback
 from dlcore.qc import artefacts
-from dlcore.qc.classes import ARTEFACTS, BY_NAME, QC_CLASSES, TISSUE, flag_for, worst
+from dlcore.qc.classes import ARTEFACTS, QC_CLASSES, TISSUE, flag_for, worst
 from dlcore.qc.focus import DEFAULT_BLOCK, DEFAULT_THRESHOLD, FocusMap, focus_map
 
 QC_MODES = ("off", "flag", "exclude")
