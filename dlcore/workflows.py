@@ -201,12 +201,12 @@ def analyse_slide(
         qc = run_qc(slide, info=info, options=dataclasses.replace(options.qc_options, focus_mpp=plan.working_mpp),
                     progress=progress)
         stage["qc_s"] = time.perf_counter() - t0
-        log.info("%s: QC %s (%s)", info.name, qc.verdict, qc_problems(qc) or "no artefact")
+        log.info("%s: QC %s (%s)", info.name, qc.verdict, qc_problems(qc.summary()) or "no artefact")
         if options.qc == "exclude" and qc.artefact_mask().any():
             analysed = usable_tissue(tissue, qc.artefact_mask(), qc.downsample)
             exclusion = Exclusion(mask=qc.artefact_mask(), downsample=qc.downsample, factor=plan.factor)
             if not analysed.mask.any():
-                raise InputError(f"{info.name}: QC found artefacts on all of its tissue ({qc_problems(qc)}); nothing "
+                raise InputError(f"{info.name}: QC found artefacts on all of its tissue ({qc_problems(qc.summary())}); nothing "
                                  "is left to analyse. See the QC overview (dlcore qc), or run with --qc flag to "
                                  "analyse it anyway")
     tiles = make_grid(width, height, GridSpec(task.tile_size, task.halo), mask=analysed.mask if analysed else None)

@@ -48,6 +48,7 @@ from dlcore.omero.annotated import Q_IMAGE_TAGS, Q_ROI_TAGS, Q_ROIS
 from dlcore.omero.annotations import Q_RUN_LINKS, Q_RUN_ROIS, Q_TAG
 from dlcore.omero.label_image import Q_IMAGE_PIXELS, Q_PIXELS_TYPE
 from dlcore.omero.journal import GRAPHS as OWNED_ID_GRAPHS, Q_OWNED_IDS
+from dlcore.omero.qc_table import Q_DATASET_QC_LINKS
 
 ANNOTATE = {"rwra--", "rwrw--"}  # group permissions that let members annotate each other's data
 READ = {"rwr---", "rwra--", "rwrw--"}
@@ -665,6 +666,15 @@ class QueryService:
                     link.setChild(child)
                     out.append(link)
             return out
+        if query == Q_DATASET_QC_LINKS:
+            out = []
+            for link in self._visible(self.server.all("DatasetAnnotationLink")):
+                child = self.server.get("Annotation", link.getChild().getId().getValue())
+                if (link.getParent().getId().getValue() == p["did"] and _val(child.getNs()) == p["ns"]
+                        and self.server.owner_group(child)[0] == p["uid"]):
+                    link.setChild(child)
+                    out.append(link)
+            return out
         if query == Q_TAG:
             group = self.conn.save_group(ctx)
             return [t for t in self._visible(self.server.all("Annotation", TagAnnotationI))
@@ -859,11 +869,24 @@ class SharedResources:
         self.server.store(ofile, owner=self.conn.user, group=group)
         return serve(omero.grid.Table, omero.grid.TablePrx, Table(self.server, ofile))
 
+    @_counted("SharedResources")
+    def openTable(self, file, ctx=None):
+        """``SharedResources.openTable``: an existing OMERO.tables file the user may read (omero-py
+        ``tables.py`` TablesI.getTable, which reads the file with the caller's session)."""
+        from ice_served import serve
+
+        ofile = self.server.get("OriginalFile", _val(file.getId())) if file.getId() is not None else None
+        if ofile is None or not self.server.can_see(self.conn.user, ofile):
+            raise omero.SecurityViolation(None, None, f"OriginalFile:{_val(file.getId())} is not readable")
+        if _val(ofile.getMimetype()) != "OMERO.tables" or ofile.getId().getValue() not in self.server.tables:
+            raise omero.ApiUsageException(None, None, f"OriginalFile:{ofile.getId().getValue()} is not an OMERO.tables file")
+        return serve(omero.grid.Table, omero.grid.TablePrx, Table(self.server, ofile))
+
 
 class Table:
     def __init__(self, server: Server, ofile) -> None:
         self.server, self.ofile = server, ofile
-        self.record = server.tables.setdefault(ofile.getId().getValue(), {"columns": [], "values": {}})
+        self.record = server.tables.setdefault(ofile.getId().getValue(), {"columns": [], "values": {}, "headers": []})
 
     @_counted("Table")
     def getOriginalFile(self):
@@ -876,7 +899,46 @@ class Table:
                 raise omero.InternalException(None, None, f"ValueError: column name {c.name!r} is not a valid "
                                               "PyTables name (no '/', no reserved prefix)")
         self.record["columns"] = [(type(c).__name__, c.name) for c in cols]
+        self.record["headers"] = [(type(c), c.name, c.description, getattr(c, "size", None)) for c in cols]
         self.record["values"] = {c.name: [] for c in cols}
+
+    def _empty_columns(self) -> list:
+        return [cls(name, description, *(() if size is None else (size,)), [])
+                for cls, name, description, size in self.record["headers"]]
+
+    @_counted("Table")
+    def getHeaders(self):
+        return self._empty_columns()
+
+    def _rows(self) -> int:
+        values = self.record["values"]
+        return len(next(iter(values.values()))) if values else 0
+
+    @_counted("Table")
+    def getNumberOfRows(self):
+        return self._rows()
+
+    @_counted("Table")
+    def read(self, colNumbers, start, stop):
+        """``Table.read``: rows ``start`` to ``stop`` (exclusive; both 0: all) of the columns ``colNumbers``
+        (omero-py ``tables.py`` TableI.read -> ``hdfstorageV2.py`` HdfStorage.read).  No column or one past
+        the last: ``ApiUsageException`` (HdfStorage.__sizecheck).  Rows past the end are refused too, which
+        is stricter than the server (PyTables clips them and the reply's rowNumbers name rows that do not
+        exist), so a caller must ask for ``getNumberOfRows()`` rows."""
+        rows = self._rows()
+        if start == 0 and stop == 0:
+            stop = rows
+        if not colNumbers or max(colNumbers) >= len(self.record["headers"]):
+            raise omero.ApiUsageException(None, None, f"Column overflow or no columns: {list(colNumbers)}")
+        if not 0 <= start <= stop <= rows:
+            raise omero.ApiUsageException(None, None, f"rows {start}-{stop} out of range (the table has {rows})")
+        columns = self._empty_columns()
+        out = []
+        for i in colNumbers:
+            column = columns[i]
+            column.values = list(self.record["values"][column.name][start:stop])
+            out.append(column)
+        return omero.grid.Data(columns=out, rowNumbers=list(range(start, stop)), lastModification=0)
 
     @_counted("Table")
     def addData(self, cols):

@@ -291,3 +291,46 @@ def test_the_double_is_served_over_real_ice_like_a_server(lab):
     conn.close()
     with pytest.raises(Ice.ObjectNotExistException):
         conn.getQueryService().findByQuery(Q_PIXELS_TYPE, ParametersI().add("value", rstring("uint8")), context)
+
+
+def test_a_table_reads_back_what_was_written_and_only_tables_open_as_tables(lab, tmp_path):
+    """``SharedResources.openTable`` opens an existing OMERO.tables file the caller may read (omero-py
+    ``tables.py`` TablesI.getTable); ``Table.read(cols, start, stop)`` returns those rows (0, 0: all; a
+    column past the last: ApiUsageException, ``hdfstorageV2.py`` __sizecheck; rows past the end: refused by
+    the double, clipped by the server); headers carry the columns' types, names and string sizes."""
+    from omero.grid import DoubleColumn, ImageColumn, StringColumn
+    from omero.model import OriginalFileI
+
+    from dlcore.omero.tables import new_table, read_rows
+
+    server, conn, context = lab
+    table = new_table(conn, "qc.h5", context)
+    file_id = table.getOriginalFile().getId().getValue()
+    table.initialize([ImageColumn("Image", "", []), StringColumn("verdict", "", 4, []), DoubleColumn("x", "", [])])
+    table.addData([ImageColumn("Image", "", [3, 4]), StringColumn("verdict", "", 4, ["pass", "warn"]),
+                   DoubleColumn("x", "", [0.5, float("nan")])])
+    table.close()
+    rows = read_rows(conn, file_id, context)
+    assert [r["Image"] for r in rows] == [3, 4] and [r["verdict"] for r in rows] == ["pass", "warn"]
+    assert rows[0]["x"] == 0.5 and np.isnan(rows[1]["x"])
+    opened = conn.c.sf.sharedResources().openTable(OriginalFileI(file_id, False), context)
+    headers = opened.getHeaders()
+    assert [(type(c).__name__, c.name) for c in headers] == [("ImageColumn", "Image"), ("StringColumn", "verdict"),
+                                                             ("DoubleColumn", "x")]
+    assert headers[1].size == 4 and opened.getNumberOfRows() == 2
+    assert opened.read([1], 1, 2).columns[0].values == ["warn"]
+    with pytest.raises(omero.ApiUsageException, match="Column overflow"):
+        opened.read([3], 0, 2)
+    with pytest.raises(omero.ApiUsageException, match="out of range"):
+        opened.read([0], 0, 3)
+    opened.close()
+    (tmp_path / "notes.txt").write_text("not a table")
+    plain = conn.createFileAnnfromLocalFile(str(tmp_path / "notes.txt"), mimetype="text/plain")
+    plain_file = server.get("Annotation", plain.getId()).getFile().getId().getValue()
+    with pytest.raises(omero.ApiUsageException, match="not an OMERO.tables file"):
+        conn.c.sf.sharedResources().openTable(OriginalFileI(plain_file, False), context)
+    private = server.add_group("private", "rw----")
+    carol = server.add_user("carol", [private])
+    theirs = new_table(server.connect(carol, private), "theirs.h5", {"omero.group": str(private)})
+    with pytest.raises(omero.SecurityViolation, match="not readable"):
+        conn.c.sf.sharedResources().openTable(theirs.getOriginalFile(), context)

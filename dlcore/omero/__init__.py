@@ -9,6 +9,8 @@
   training dataset, reading only the annotated regions;
 - :mod:`~dlcore.omero.training`: Train_Model and Export_Annotated_Dataset (train into the registry or
   export an archive, attach the report or the zip to the images' datasets);
+- :mod:`~dlcore.omero.qc` (with :mod:`~dlcore.omero.qc_writer` and :mod:`~dlcore.omero.qc_table`): QC_Slides,
+  slide quality control written onto each image (key-value pairs, tags, files) and into each dataset's table;
 - :mod:`~dlcore.omero.scripts`: the helpers the thin scripts in ``omero_scripts/Deep_Learning`` use.
 
 The adapter talks to OMERO through a narrow part of :class:`omero.gateway.BlitzGateway`:

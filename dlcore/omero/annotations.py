@@ -14,8 +14,12 @@ The HQL below is all the adapter asks the query service; the test double impleme
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 NS_PREFIX = "dlcore/"
 LABEL_IMAGE_KEY = "label image"
@@ -44,7 +48,8 @@ def namespace(run_key: str) -> str:
     return NS_PREFIX + run_key
 
 
-def _params(**values):
+def query_params(**values):
+    """``omero.sys.ParametersI`` of ``values`` for an HQL query (ints as ``rlong``, the rest as ``rstring``)."""
     from omero.rtypes import rlong, rstring
     from omero.sys import ParametersI
 
@@ -78,7 +83,7 @@ def find_earlier_run(conn, image_id: int, run_key: str, *, keep_run_id: str, con
     query = conn.getQueryService()
     found = EarlierRun()
     uid = int(conn.getUserId())
-    for link in query.findAllByQuery(Q_RUN_LINKS, _params(iid=image_id, ns=namespace(run_key), uid=uid), context):
+    for link in query.findAllByQuery(Q_RUN_LINKS, query_params(iid=image_id, ns=namespace(run_key), uid=uid), context):
         child = link.getChild()
         if isinstance(child, TagAnnotationI):
             text = child.getTextValue().getValue()
@@ -94,10 +99,34 @@ def find_earlier_run(conn, image_id: int, run_key: str, *, keep_run_id: str, con
                 found.label_image_ids.append(int(label.split(":")[1].split()[0]))
         found.annotation_ids.append(int(child.getId().getValue()))
     marker = ROI_MARKER.format(run_key=run_key)
-    rows = query.projection(Q_RUN_ROIS, _params(iid=image_id, marker=like_prefix(marker), uid=uid), context)
+    rows = query.projection(Q_RUN_ROIS, query_params(iid=image_id, marker=like_prefix(marker), uid=uid), context)
     keep = marker + keep_run_id
     found.roi_ids = [int(row[0].getValue()) for row in rows if row[1].getValue() != keep]
     return found
+
+
+def delete_earlier_run(conn, earlier: EarlierRun, *, keep_tags: set[str], context: dict, label: str) -> str:
+    """Delete what :func:`find_earlier_run` found, in one Delete2 waited on
+    (:func:`~dlcore.omero.deleting.delete_objects`): ROIs, annotations, label images, and the links to the
+    tags not in ``keep_tags`` (the tags themselves are shared and stay).  The new results are complete by
+    then, so a failure is not raised but returned in the note ("... NOT deleted (why); delete them by
+    hand") and logged.  Returns a note of what was replaced ('' when nothing); ``label`` names the image
+    and run in the log."""
+    from dlcore.omero.deleting import delete_objects
+
+    stale_tag_links = [link for tag, link in earlier.tag_links.items() if tag not in keep_tags]
+    targets = {"Roi": earlier.roi_ids, "Annotation": earlier.annotation_ids,
+               "ImageAnnotationLink": stale_tag_links, "Image": earlier.label_image_ids}
+    targets = {graph: list(ids) for graph, ids in targets.items() if ids}
+    if not targets:
+        return ""
+    what = ", ".join(f"{len(ids)} {graph}" for graph, ids in targets.items())
+    try:
+        delete_objects(conn, targets, context=context)
+    except Exception as exc:  # the new results are complete; say what is left over
+        log.warning("%s: deleting the earlier results failed: %s", label, exc)
+        return f"{what} NOT deleted ({getattr(exc, 'message', '') or exc}); delete them by hand"
+    return what
 
 
 def map_annotation(run_key: str, pairs: Iterable[tuple[str, str]]):
@@ -128,6 +157,8 @@ def key_values(provenance: dict, summary: dict, extra: dict[str, str]) -> list[t
     for key in ("class_area_mm2", "class_pixels"):
         if summary.get(key):
             pairs.append((key.replace("_", " "), json.dumps(summary[key])))
+    if summary.get("qc"):
+        pairs.extend(qc_key_values(summary["qc"], prefix="QC "))
     pairs.extend(extra.items())
     pairs.extend([
         ("dlcore version", str(provenance.get("dlcore_version", ""))),
@@ -135,6 +166,66 @@ def key_values(provenance: dict, summary: dict, extra: dict[str, str]) -> list[t
         ("input", str(provenance.get("input", {}).get("identity", ""))),
     ])
     return pairs
+
+
+QC_MODE_TEXT = {"flag": "flag (artefacts reported, the whole tissue analysed)",
+                "exclude": "exclude (artefact regions left out of the analysis)"}
+
+
+def qc_key_values(qc: dict, *, prefix: str = "") -> list[tuple[str, str]]:
+    """A QC summary as key-value pairs a person reads, each key preceded by ``prefix``.
+
+    ``qc`` is :meth:`dlcore.qc.run.QCResult.summary` or the ``qc`` block of an analysis's summary
+    (:func:`dlcore.qc.run.qc_run_summary`, which adds ``mode`` and what was excluded).  The pairs are the
+    verdict, the mode (a run's block), one pair per artefact (``"warn: 9.16 % of tissue, 0.0667 mm²"``),
+    the stain's flag and judgement, the tissue and artefact areas, the focus figures and, for a run that
+    excluded the artefacts, what it left out.
+    """
+    flags, areas = qc.get("flags", {}), qc.get("areas_mm2", {})
+    pairs = [("verdict", str(qc.get("verdict", "")))]
+    if qc.get("mode"):
+        pairs.append(("mode", QC_MODE_TEXT.get(qc["mode"], str(qc["mode"]))))
+    for name, fraction in qc.get("fractions_of_tissue", {}).items():
+        pairs.append((name, f"{flags.get(name, 'pass')}: {_share(fraction, areas.get(name))}"))
+    pairs.append(("stain", f"{flags.get('stain', 'pass')}: {qc.get('stain', {}).get('judgement', 'not judged')}"))
+    if flags.get("tissue") == "fail":
+        pairs.append(("tissue", "fail: no tissue found"))
+    if areas.get("tissue_total") is not None:
+        pairs.append(("tissue area mm2", f"{areas['tissue_total']:.4g}"))
+    if qc.get("artefact_fraction_of_tissue") is not None:
+        pairs.append(("artefacts", _share(qc["artefact_fraction_of_tissue"], None)))
+    focus = qc.get("focus", {})
+    sharpness = focus.get("median_sharpness")
+    pairs.append(("median sharpness", "not measured" if sharpness is None else f"{sharpness:.4g}"))
+    if focus.get("blocks_judged") is not None:
+        pairs.append(("blurred focus blocks", f"{focus.get('blocks_blurred', 0)} of {focus['blocks_judged']} "
+                                              f"({focus.get('block_px')} px at {focus.get('mpp') or 'native'} µm/px)"))
+    if qc.get("mode") == "exclude":
+        pairs.append(("excluded from the analysis",
+                      _share(qc.get("excluded_fraction_of_tissue", 0.0), qc.get("excluded_area_mm2"))))
+    return [(prefix + key, value) for key, value in pairs]
+
+
+def _share(fraction: float, area_mm2: float | None) -> str:
+    return f"{100 * float(fraction):.2f} % of tissue" + ("" if area_mm2 is None else f", {area_mm2:.4g} mm²")
+
+
+#: what the files a run or QC attaches are, by file name (files not listed: their output name)
+FILE_DESCRIPTIONS = {
+    "qc.json": "slide quality control: figures, flags and methods (JSON)",
+    "qc_mask.ome.tif": "slide quality control mask (OME-TIFF; 0 background, 1 tissue, 2-7 artefacts: see its name)",
+    "qc_overview.png": "slide quality control overview: each artefact in its colour, with the verdict",
+    "class_outlines.geojson": "class regions as polygons (GeoJSON; QuPath: File > Import objects)",
+}
+MIMETYPES = {".json": "application/json", ".geojson": "application/geo+json", ".csv": "text/csv",
+             ".png": "image/png", ".tif": "image/tiff", ".tiff": "image/tiff", ".zip": "application/zip",
+             ".md": "text/markdown", ".html": "text/html"}
+
+
+def mimetype_of(path) -> str:
+    """The mimetype OMERO.web serves an attached file with, from its suffix (``.ome.tif``: image/tiff);
+    ``application/octet-stream`` for other suffixes."""
+    return MIMETYPES.get(Path(path).suffix.lower(), "application/octet-stream")
 
 
 def image_link(image_id: int, annotation):
@@ -147,18 +238,19 @@ def image_link(image_id: int, annotation):
     return link
 
 
-def tag_for(conn, run_key: str, name: str, context: dict):
-    """The group's tag ``name`` in the run's namespace, or a new unsaved one."""
+def tag_for(conn, run_key: str, name: str, context: dict, *, description: str | None = None):
+    """The group's tag ``name`` in the run's namespace, or a new unsaved one (with ``description``, by
+    default "classification result of dlcore <run key>")."""
     from omero.model import TagAnnotationI
     from omero.rtypes import rstring
 
-    found = conn.getQueryService().findAllByQuery(Q_TAG, _params(ns=namespace(run_key), name=name), context)
+    found = conn.getQueryService().findAllByQuery(Q_TAG, query_params(ns=namespace(run_key), name=name), context)
     if found:
         return TagAnnotationI(found[0].getId().getValue(), False)
     tag = TagAnnotationI()
     tag.setTextValue(rstring(name))
     tag.setNs(rstring(namespace(run_key)))
-    tag.setDescription(rstring(f"classification result of dlcore {run_key}"))
+    tag.setDescription(rstring(description or f"classification result of dlcore {run_key}"))
     return tag
 
 

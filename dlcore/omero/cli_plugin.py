@@ -45,6 +45,8 @@ class DlControl(BaseControl):
     """The ``omero dl`` command."""
 
     def _configure(self, parser):
+        from dlcore.qc.run import QC_MODES
+
         parser.add_login_arguments()
         sub = parser.sub()
         run = parser.add(sub, self.run, "Run a model or pipeline on Images, Datasets or Projects")
@@ -54,6 +56,8 @@ class DlControl(BaseControl):
         run.add_argument("--whole-image", action="store_true", help="analyse the whole image, not only tissue")
         run.add_argument("--mpp", type=float, help="pixel size in µm for images without one")
         run.add_argument("--max-rois", type=int, help="most ROIs per image (default: the configuration's roi_cap)")
+        run.add_argument("--qc", choices=QC_MODES, default="off",
+                         help="slide quality control first: flag (report artefacts) or exclude (also leave them out)")
         parser.add(sub, self.models, "List the models and pipelines installed here")
 
     def run(self, args):
@@ -62,7 +66,7 @@ class DlControl(BaseControl):
         client = self.ctx.conn(args)
         conn = BlitzGateway(client_obj=client)
         code, text = run_targets(conn, args.model, args.targets, args.param, whole_image=args.whole_image,
-                                 mpp=args.mpp, max_rois=args.max_rois)
+                                 mpp=args.mpp, max_rois=args.max_rois, qc=args.qc)
         self.ctx.out(text)
         if code:
             self.ctx.die(code, "some images failed (see above)" if code == 1 else "nothing was run")
@@ -74,7 +78,7 @@ class DlControl(BaseControl):
 
 
 def run_targets(conn, model: str, targets: list[str], param_pairs: list[str], *, whole_image: bool = False,
-                mpp: float | None = None, max_rois: int | None = None) -> tuple[int, str]:
+                mpp: float | None = None, max_rois: int | None = None, qc: str = "off") -> tuple[int, str]:
     """Run ``model`` on the targets; return (exit code, text): 0 all done, 1 some failed, 2 nothing ran."""
     from dlcore.omero.scripts import parse_parameters
     from dlcore.omero.workflows import run_on_objects, summary_message
@@ -85,7 +89,8 @@ def run_targets(conn, model: str, targets: list[str], param_pairs: list[str], *,
         reports = []
         for data_type, ids in parse_targets(targets).items():
             reports += run_on_objects(conn, model, data_type, ids, params, detect_tissue=not whole_image, mpp=mpp,
-                                      roi_cap=max_rois, progress=lambda label: LineProgress(label, stream=sys.stderr))
+                                      roi_cap=max_rois, qc=qc,
+                                      progress=lambda label: LineProgress(label, stream=sys.stderr))
     except DlcoreError as exc:
         return 2, f"Nothing was written: {exc}"
     return (0 if all(r.ok for r in reports) else 1), summary_message(reports)

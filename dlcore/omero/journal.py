@@ -118,3 +118,26 @@ def owned_existing(conn, created: dict[str, list[int]], *, context: dict) -> dic
         if kept:
             out[graph] = kept
     return out
+
+
+def delete_leftovers(conn, journal: CreationJournal, *, context: dict, label: str) -> str:
+    """Delete what killed runs of ``journal``'s image and run key created and never linked (the journals
+    nobody holds, :meth:`CreationJournal.leftovers`): only what still exists and belongs to the caller, one
+    Delete2 per dead run, waited on.  A dead run's journal is removed once its objects are gone, and kept
+    for the next run when deleting fails.  Returns a note for the Message ('' when there was nothing).
+    ``label`` names the image in the log."""
+    from dlcore.omero.deleting import delete_objects
+
+    notes = []
+    for path, created in journal.leftovers().items():
+        try:
+            targets = owned_existing(conn, created, context=context)
+            delete_objects(conn, targets, context=context)
+        except Exception as exc:  # the new results are complete; the journal stays for the next run
+            log.warning("%s: deleting what a killed run left (%s) failed: %s", label, path.name, exc)
+            notes.append(f"what a killed run left is NOT deleted ({getattr(exc, 'message', '') or exc})")
+            continue
+        forget(path)
+        if targets:
+            notes.append("left by a killed run: " + ", ".join(f"{len(ids)} {graph}" for graph, ids in targets.items()))
+    return "; ".join(notes)

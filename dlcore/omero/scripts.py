@@ -74,16 +74,34 @@ def target_params() -> list:
 
 
 def run_option_params(grouping: int) -> list:
-    """Options every analysis script has: whole image, pixel size override, ROI cap."""
+    """Options every analysis script has: whole image, pixel size override, ROI cap, slide QC."""
     return [
         scripts.Bool("Analyse_Whole_Image", grouping=f"{grouping}", default=False,
                      description="Analyse the whole image instead of only the detected tissue"),
-        scripts.Float("Image_Pixel_Size_um", grouping=f"{grouping + 1}", min=0.01,
-                      description="Pixel size in µm for images that have none in OMERO (0.25 = 40x, 0.5 = 20x)"),
+        pixel_size_param(grouping + 1),
         scripts.Int("Max_ROIs", grouping=f"{grouping + 2}", min=0, default=_default_roi_cap(),
                     description="Most ROIs drawn per image (viewers slow down beyond a few thousand); "
                                 "every object is still in the label image and the measurement table"),
+        qc_mode_param(grouping + 3),
     ]
+
+
+def pixel_size_param(grouping: int):
+    """``Image_Pixel_Size_um``: the level-0 pixel size of images that have none in OMERO."""
+    return scripts.Float("Image_Pixel_Size_um", grouping=f"{grouping}", min=0.01,
+                         description="Pixel size in µm for images that have none in OMERO (0.25 = 40x, 0.5 = 20x)")
+
+
+def qc_mode_param(grouping: int):
+    """``QC``: slide quality control before the analysis (:attr:`dlcore.workflows.RunOptions.qc`)."""
+    from dlcore.qc.run import QC_MODES
+
+    return scripts.String(
+        "QC", grouping=f"{grouping}", default="off", values=[rstring(m) for m in QC_MODES],
+        description="Slide quality control first (blur, pen ink, folds, bubbles, coverslip edges, pale staining): "
+                    "'flag' reports what it finds (key-value pairs, tags 'QC pass/warn/fail', the QC mask and "
+                    "overview attached) and analyses everything; 'exclude' also leaves the artefacts out of the "
+                    "analysis; 'off' (default): no QC")
 
 
 def _default_roi_cap() -> int:
@@ -269,7 +287,7 @@ def run_script(script_client, *, task: str | None = None, conn=None) -> str:
         reports = run_on_objects(
             conn, name, inputs.get("Data_Type", "Image"), inputs.get("IDs") or [], params,
             detect_tissue=not inputs.get("Analyse_Whole_Image", False), mpp=inputs.get("Image_Pixel_Size_um"),
-            roi_cap=inputs.get("Max_ROIs"), progress=lambda label: LineProgress(label),
+            roi_cap=inputs.get("Max_ROIs"), qc=inputs.get("QC") or "off", progress=lambda label: LineProgress(label),
         )
         done = [r for r in reports if r.ok]
         if done and done[0].output_id("label image"):

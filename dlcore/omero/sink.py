@@ -7,8 +7,10 @@ What a run leaves on an image, all in the image's group and the namespace ``dlco
 - an OMERO.table of every object's measurements, with ``Image`` and ``Roi`` columns (:mod:`~dlcore.omero.tables`);
 - a label image (uint16, working resolution; ids above 65,535 wrap, the exact uint32 labels are an
   attached pyramidal OME-TIFF) in the image's datasets (:mod:`~dlcore.omero.label_image`);
-- key-value pairs with the provenance and summary, tags for classification results, and attached files:
-  ``objects.geojson`` (QuPath), ``objects.csv``, ``overview.png``, ``provenance.json``.
+- key-value pairs with the provenance and summary (a run with QC: its verdict and figures, ``QC ...``), tags
+  for classification results (and QC's), and attached files: ``objects.geojson`` (QuPath), ``objects.csv``,
+  ``overview.png``, ``provenance.json``, and the task's and QC's extra files (``qc.json``,
+  ``qc_mask.ome.tif``, ``qc_overview.png``, class outlines, heatmaps).
 
 Nothing half-written stays behind: everything new is written first, unlinked where OMERO allows it
 (files, table, label image); a failure deletes what the run created (:meth:`OmeroSink.abort`).  Only
@@ -31,7 +33,7 @@ from dlcore.io.sink import RunContext, RunOutputs
 from dlcore.objects import ObjectRecord
 from dlcore.omero import annotations as ann
 from dlcore.omero.deleting import delete_objects
-from dlcore.omero.journal import CreationJournal, forget, journal_folder, owned_existing
+from dlcore.omero.journal import CreationJournal, delete_leftovers, journal_folder
 from dlcore.omero.label_image import LABEL_DESCRIPTION, create_label_image, dataset_links
 from dlcore.omero.rois import ROI_BATCH, RoiWriter, roi_marker
 from dlcore.omero.tables import TableWriter
@@ -196,14 +198,19 @@ class OmeroSink:
         return written
 
     def _upload(self, files: dict[str, str]) -> dict[str, int]:
-        """Upload the attached files as unlinked FileAnnotations; return name -> annotation id."""
+        """Upload the attached files as unlinked FileAnnotations; return name -> annotation id.
+
+        Every file the run wrote is attached: those of :data:`ATTACHED_FILES` with their mimetype and
+        description, the task's and QC's extra files (class outlines, heatmaps, ``qc.json``,
+        ``qc_mask.ome.tif``, ``qc_overview.png``) with the mimetype of their suffix
+        (:func:`~dlcore.omero.annotations.mimetype_of`)."""
         ns = ann.namespace(self._run.run_key)
         uploaded = {}
         with in_group(self._conn, self.group_id):
-            for name, (mimetype, description) in ATTACHED_FILES.items():
-                if name not in files:
-                    continue
-                fa = self._conn.createFileAnnfromLocalFile(files[name], mimetype=mimetype, ns=ns, desc=description)
+            for name, path in files.items():
+                mimetype, description = ATTACHED_FILES.get(name) or (
+                    ann.mimetype_of(path), ann.FILE_DESCRIPTIONS.get(Path(path).name, name))
+                fa = self._conn.createFileAnnfromLocalFile(path, mimetype=mimetype, ns=ns, desc=description)
                 uploaded[name] = int(fa.getId())
                 self._created_now("Annotation", uploaded[name])
         return uploaded
@@ -211,35 +218,12 @@ class OmeroSink:
     def _delete_leftovers(self) -> str:
         """Delete what killed runs of this task on this image created and never linked (their journals,
         :mod:`dlcore.omero.journal`); a note of it ('' when there was nothing)."""
-        notes = []
-        for path, created in self._journal.leftovers().items():
-            try:
-                targets = owned_existing(self._conn, created, context=self.context)
-                delete_objects(self._conn, targets, context=self.context)
-            except Exception as exc:  # the new results are complete; the journal stays for the next run
-                log.warning("Image:%s: deleting what a killed run left (%s) failed: %s", self.image_id, path.name, exc)
-                notes.append(f"what a killed run left is NOT deleted ({getattr(exc, 'message', '') or exc})")
-                continue
-            forget(path)
-            if targets:
-                notes.append("left by a killed run: " + ", ".join(f"{len(ids)} {graph}" for graph, ids in targets.items()))
-        return "; ".join(notes)
+        return delete_leftovers(self._conn, self._journal, context=self.context, label=f"Image:{self.image_id}")
 
     def _delete_earlier(self, earlier: ann.EarlierRun, *, keep_tags: set[str]) -> str:
         """Delete the earlier run's results; return a note of what was replaced ('' when nothing)."""
-        stale_tag_links = [link for tag, link in earlier.tag_links.items() if tag not in keep_tags]
-        targets = {"Roi": earlier.roi_ids, "Annotation": earlier.annotation_ids,
-                   "ImageAnnotationLink": stale_tag_links, "Image": earlier.label_image_ids}
-        targets = {graph: list(ids) for graph, ids in targets.items() if ids}
-        if not targets:
-            return ""
-        what = ", ".join(f"{len(ids)} {graph}" for graph, ids in targets.items())
-        try:
-            delete_objects(self._conn, targets, context=self.context)
-        except Exception as exc:  # the new results are complete; say what is left over
-            log.warning("Image:%s: deleting the earlier results of %s failed: %s", self.image_id, self._run.run_key, exc)
-            return f"{what} NOT deleted ({getattr(exc, 'message', '') or exc}); delete them by hand"
-        return what
+        return ann.delete_earlier_run(self._conn, earlier, keep_tags=keep_tags, context=self.context,
+                                      label=f"Image:{self.image_id} {self._run.run_key}")
 
     def abort(self) -> None:
         """Delete everything this run created (nothing, once the results were linked)."""

@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Sequence
 
+from dlcore.errors import OmeroError
 from dlcore.io.sink import object_columns, object_row
 from dlcore.objects import ObjectRecord
 
@@ -46,6 +47,38 @@ def column_names(names: Sequence[str]) -> list[str]:
             candidate, n = f"{safe}_{n}", n + 1
         out.append(candidate)
     return out
+
+
+def new_table(conn, name: str, context: dict):
+    """A new, empty OMERO.table called ``name`` in the group of ``context`` (its proxy; close it after use).
+
+    Raises :class:`~dlcore.errors.OmeroError` when the server has no Tables service."""
+    resources = conn.c.sf.sharedResources()
+    repo_id = resources.repositories().descriptions[0].getId().getValue()
+    table = resources.newTable(repo_id, name, context)
+    if table is None:
+        raise OmeroError("OMERO.tables is not available on this server; ask your OMERO admin to enable the Tables service")
+    return table
+
+
+def read_rows(conn, file_id: int, context: dict) -> list[dict]:
+    """Every row of the OMERO.table in OriginalFile ``file_id``, as ``{column name: value}``.
+
+    Raises :class:`~dlcore.errors.OmeroError` when the table cannot be opened."""
+    from omero.model import OriginalFileI
+
+    table = conn.c.sf.sharedResources().openTable(OriginalFileI(int(file_id), False), context)
+    if table is None:
+        raise OmeroError(f"the OMERO.table in OriginalFile:{file_id} cannot be opened (is OMERO.tables running?)")
+    try:
+        headers = table.getHeaders()
+        rows = table.getNumberOfRows()
+        if not rows or not headers:
+            return []
+        data = table.read(list(range(len(headers))), 0, rows)
+    finally:
+        table.close()
+    return [dict(zip((c.name for c in data.columns), values)) for values in zip(*(c.values for c in data.columns))]
 
 
 def _columns(names: Sequence[str]) -> list:
@@ -95,13 +128,7 @@ class TableWriter:
         self.rows = 0
 
     def _open(self) -> None:
-        resources = self._conn.c.sf.sharedResources()
-        repo_id = resources.repositories().descriptions[0].getId().getValue()
-        self._table = resources.newTable(repo_id, self.name, self._context)
-        if self._table is None:
-            from dlcore.errors import OmeroError
-
-            raise OmeroError("OMERO.tables is not available on this server; ask your OMERO admin to enable the Tables service")
+        self._table = new_table(self._conn, self.name, self._context)
         self.file_id = int(self._table.getOriginalFile().getId().getValue())
         self._table.initialize(_columns(self._names))
 

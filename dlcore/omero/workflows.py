@@ -108,6 +108,8 @@ def run_on_objects(
     detect_tissue: bool = True,
     mpp: float | None = None,
     roi_cap: int | None = None,
+    qc: str = "off",
+    qc_options=None,
     config=None,
     progress: Callable[[str], Callable[[str, int, int], None]] | None = None,
 ) -> list[ImageReport]:
@@ -127,6 +129,11 @@ def run_on_objects(
         Level-0 pixel size in µm for images that have none in OMERO.
     roi_cap
         Most ROIs per image (default: the configuration's ``roi_cap``).
+    qc, qc_options
+        Slide quality control before each analysis (:attr:`dlcore.workflows.RunOptions.qc`): ``"off"``,
+        ``"flag"`` (the QC figures join the key-value pairs, its tags and files are attached) or
+        ``"exclude"`` (as flag, and the artefacts are left out of the analysis); how QC looks
+        (:class:`~dlcore.qc.run.QCOptions`, default: its defaults).
     config
         dlcore's configuration (default: :func:`dlcore.config.load_config`, the node's file).
     progress
@@ -148,16 +155,17 @@ def run_on_objects(
     config = config or load_config()
     task = resolve_task(task_name, params or {}, config=config)
     images = resolve_images(conn, data_type, ids)
+    qc_kwargs = {"qc": qc} if qc_options is None else {"qc": qc, "qc_options": qc_options}
     options = RunOptions(mpp=mpp, detect_tissue=detect_tissue, reader_threads=config.reader_threads,
-                         work_dir=config.work_dir, checkpoint_every_s=config.checkpoint_every_s)
+                         work_dir=config.work_dir, checkpoint_every_s=config.checkpoint_every_s, **qc_kwargs)
     cap = config.roi_cap if roi_cap is None else roi_cap
     budget = session_budget(conn)
     reports = []
     for index, image in enumerate(images, 1):
         label = f"Image:{int(image.getId())}"
-        pixels = _level0_pixels(image)
+        pixels = level0_pixels(image)
         if not budget.fits(pixels):
-            reports.append(_not_started(budget, images[index - 1:]))
+            reports.append(not_started_report(budget, images[index - 1:]))
             log.warning("%s", reports[-1].message)
             break
         log.info("[%d/%d] %s %s: %s", index, len(images), label, image.getName(), task.name)
@@ -167,22 +175,35 @@ def run_on_objects(
         reports.append(run_on_image(conn, image, task, options=image_options, roi_cap=cap, progress=callback))
         if reports[-1].stopped:
             if images[index:]:
-                reports.append(_not_started(budget, images[index:]))
+                reports.append(not_started_report(budget, images[index:]))
             break
         budget.record(pixels, time.monotonic() - started)
     return reports
 
 
-def _not_started(budget, images: list) -> ImageReport:
+def not_started_report(budget, images: list) -> ImageReport:
     """The report that stands for ``images``, left out because the session's time is running out."""
     labels = [f"Image:{int(i.getId())}" for i in images]
     return ImageReport(image_id=-1, name="", ok=False, not_started=len(labels),
-                       message=not_started_message(budget, labels, next_pixels=_level0_pixels(images[0])))
+                       message=not_started_message(budget, labels, next_pixels=level0_pixels(images[0])))
 
 
-def _level0_pixels(image) -> int:
+def level0_pixels(image) -> int:
+    """The number of pixels of an image's full-resolution plane."""
     pixels = image.getPrimaryPixels()
     return int(pixels.getSizeX()) * int(pixels.getSizeY())
+
+
+def annotate_refusal(image) -> str | None:
+    """Why dlcore may not write onto ``image`` (the user may not annotate it: someone else's image in a
+    read-only or private group), as the line of the script's Message; None when it may.  Asked before any
+    pixel is read."""
+    if image.canAnnotate():
+        return None
+    return (f"✗ Image:{int(image.getId())} {image.getName()}: you are not allowed to add annotations to this image "
+            "(it belongs to someone else in a read-only or private group), so dlcore cannot write results onto it. "
+            "Nothing was written. Ask the image's owner to run it, or copy the image into a group where you can "
+            "annotate.")
 
 
 def run_on_image(conn, image, task, *, options, roi_cap: int, progress=None) -> ImageReport:
@@ -193,12 +214,9 @@ def run_on_image(conn, image, task, *, options, roi_cap: int, progress=None) -> 
 
     image_id, name = int(image.getId()), image.getName()
     label = f"Image:{image_id} {name}"
-    if not image.canAnnotate():
-        return ImageReport(image_id, name, False, (
-            f"✗ {label}: you are not allowed to add annotations to this image (it belongs to someone else "
-            "in a read-only or private group), so dlcore cannot write results onto it. Nothing was written. "
-            "Ask the image's owner to run the analysis, or copy the image into a group where you can annotate."
-        ))
+    refusal = annotate_refusal(image)
+    if refusal:
+        return ImageReport(image_id, name, False, refusal)
     group_id = int(image.getDetails().getGroup().getId())
     datasets = [int(p.getId()) for p in image.listParents() if p.OMERO_CLASS == "Dataset" and p.canLink()]
     sink = slide = None
@@ -213,22 +231,25 @@ def run_on_image(conn, image, task, *, options, roi_cap: int, progress=None) -> 
             f"{socket.gethostname()}: the script run again on this image with the same parameters continues from "
             "it there (on another node it starts over)."))
     except DlcoreError as exc:
-        return ImageReport(image_id, name, False, _failure(label, str(exc), sink))
+        return ImageReport(image_id, name, False, failure_message(label, str(exc), sink))
     except Exception as exc:  # a server error on one image must not lose the others' results
         log.exception("%s failed", label)
-        return ImageReport(image_id, name, False, _failure(label, f"{type(exc).__name__}: {_server_message(exc)}", sink))
+        return ImageReport(image_id, name, False,
+                           failure_message(label, f"{type(exc).__name__}: {server_message(exc)}", sink))
     finally:
         if slide is not None:
             slide.close()
     return ImageReport(image_id, name, True, _success(label, result, datasets), result.summary, result.outputs)
 
 
-def _server_message(exc: Exception) -> str:
+def server_message(exc: Exception) -> str:
     """The readable part of an OMERO server exception (its ``message`` field), else str()."""
     return str(getattr(exc, "message", "") or exc).strip()
 
 
-def _failure(label: str, problem: str, sink) -> str:
+def failure_message(label: str, problem: str, sink) -> str:
+    """The Message line of an image that failed: the problem, and whether its partial results were
+    removed (``sink.cleanup_problem``, empty when they were)."""
     cleanup = getattr(sink, "cleanup_problem", "")
     tail = f" The run's partial results could not all be removed: {cleanup}" if cleanup else " Nothing was written."
     return f"✗ {label}: {problem}.{tail}"
@@ -251,11 +272,26 @@ def _success(label: str, result, datasets: list[int]) -> str:
         "  files: " + ", ".join(f"{k} {v}" for k, v in out.items()
                                 if k in ("outlines", "measurements", "overview", "provenance")),
     ]
+    if s.get("qc"):
+        parts.append(_qc_line(s["qc"], out))
     if out.get("tags"):
         parts.append(f"  tags: {out['tags']}")
     if out.get("replaced"):
         parts.append(f"  replaced the earlier run's results: {out['replaced']}")
     return "\n".join(parts)
+
+
+def _qc_line(qc: dict, outputs: dict) -> str:
+    """The Message line of a run's QC: verdict, problems, what was excluded, the QC files."""
+    from dlcore.qc.run import qc_problems
+
+    line = f"  QC ({qc.get('mode')}): {qc.get('verdict')}" + (f": {qc_problems(qc)}" if qc_problems(qc) else "")
+    if qc.get("mode") == "exclude" and qc.get("excluded_fraction_of_tissue"):
+        area = qc.get("excluded_area_mm2")
+        line += (f"; {100 * qc['excluded_fraction_of_tissue']:.1f} % of the tissue"
+                 + (f" ({area:.4g} mm²)" if area is not None else "") + " left out")
+    files = [f"{name} {value}" for name, value in outputs.items() if "qc" in name.lower()]
+    return line + (f"; files: {', '.join(files)}" if files else "")
 
 
 def summary_message(reports: Sequence[ImageReport]) -> str:

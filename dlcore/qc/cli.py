@@ -119,9 +119,10 @@ def qc_one(path: Path, out: Path, *, options, mpp: float | None = None):
 
 def print_verdict(name: str, verdict: str, summary: dict, folder: Path | None = None) -> None:
     """One line per slide: its verdict and the artefacts flagged, then where its QC files are."""
-    flagged = [f"{k} {100 * summary['fractions_of_tissue'][k]:.1f} % ({flag})" if k in summary["fractions_of_tissue"]
-               else f"{k} ({flag})" for k, flag in summary["flags"].items() if flag != "pass"]
+    from dlcore.qc.run import qc_problems
+
     mark = {"pass": "✓", "warn": "!", "fail": "✗"}[verdict]
-    print(f"{mark} {name}: QC {verdict}" + (f": {', '.join(flagged)}" if flagged else ": no artefact found"))
+    problems = qc_problems(summary)
+    print(f"{mark} {name}: QC {verdict}: {problems or 'no artefact found'}")
     if folder is not None:
         print(f"    {folder}")

@@ -53,6 +53,9 @@ class QCOptions:
             raise ParameterError(f"qc_mpp={self.qc_mpp} must be a positive pixel size in µm (e.g. 2)")
         if self.focus_block < 16:
             raise ParameterError(f"focus_block={self.focus_block} is too small; use at least 16 pixels (default 64)")
+        if self.focus_mpp is not None and not (self.focus_mpp > 0 and math.isfinite(self.focus_mpp)):
+            raise ParameterError(f"focus_mpp={self.focus_mpp} must be a positive pixel size in µm (e.g. 0.5), or "
+                                 "None for the default")
         if not (0 < self.blur_threshold < 10):
             raise ParameterError(f"blur_threshold={self.blur_threshold} must lie in (0, 10) (default {DEFAULT_THRESHOLD})")
 
@@ -240,11 +243,21 @@ def _result(info, mask, downsample, mpp0, thumb, stats, focus: FocusMap, methods
                     focus=focus_figures, methods=methods, options=options.as_dict(), timings=timings)
 
 
-def qc_problems(result: QCResult) -> str:
-    """The artefacts flagged, for a person: e.g. ``pen 5.1 % of tissue (warn), blur 30.2 % (fail)``;
-    empty when every check passed."""
-    parts = [f"{name} {100 * result.fractions[name]:.1f} % of tissue ({flag})" if name in result.fractions
-             else f"{name} ({flag})" for name, flag in result.flags.items() if flag != "pass"]
+def qc_problems(summary: dict) -> str:
+    """The checks a QC summary (:meth:`QCResult.summary`, or an analysis's ``qc`` block) did not pass, for
+    a person, e.g. ``pen 4.5 % of tissue (warn), blur 22.9 % of tissue (fail)``; empty when every check
+    passed."""
+    fractions = summary.get("fractions_of_tissue", {})
+    parts = []
+    for name, flag in summary.get("flags", {}).items():
+        if flag == "pass":
+            continue
+        if name in fractions:
+            parts.append(f"{name} {100 * fractions[name]:.1f} % of tissue ({flag})")
+        elif name == "stain":
+            parts.append(f"stain {summary.get('stain', {}).get('judgement', '')} ({flag})")
+        else:
+            parts.append(f"{name} ({flag})")
     return ", ".join(parts)
 
 
