@@ -292,3 +292,16 @@ def test_patches_cleared_on_artefacts_leave_the_slide_decision():
     labels[40:72, 40:50] = 0  # ...and under half of patch (1, 1)
     kept = labelled_patches(tile, labels, 32, 2, 4)
     assert kept.tolist() == [[False, True, True, True], [True, True, True, True]]
+
+
+def test_the_ridge_filter_is_scikit_images_sato():
+    """dark_ridges is scikit-image's sato (black ridges, reflect) in OpenCV: the same values, on real tissue."""
+    from skimage.filters import sato
+
+    from dlcore.qc.artefacts import Picture, dark_ridges
+    from synthetic import real_he_field
+
+    value = Picture.of(real_he_field()).value
+    for sigmas in ([1.0, 2.0, 3.0], [0.7, 1.4]):
+        expected = sato(value, sigmas=sigmas, black_ridges=True, mode="reflect")
+        assert np.abs(dark_ridges(value, sigmas) - expected).max() < 1e-5

@@ -92,16 +92,26 @@ def min_pixels(mm2: float, um_per_px: float) -> int:
     return max(1, int(round(mm2 * 1e6 / (um_per_px * um_per_px))))
 
 
+def morphology(mask: np.ndarray, operation: str, radius: int) -> np.ndarray:
+    """``mask`` opened, closed or dilated (``operation``) by a disk of ``radius`` pixels (OpenCV's
+    elliptical kernel; outside the image counts as neither tissue nor background, so a region touching
+    the border is not eaten from it).  ``radius < 1``: the mask itself."""
+    import cv2
+
+    if radius < 1:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    op = {"open": cv2.MORPH_OPEN, "close": cv2.MORPH_CLOSE, "dilate": cv2.MORPH_DILATE}[operation]
+    return cv2.morphologyEx(mask.astype(np.uint8), op, kernel).astype(bool)
+
+
 def _clean(mask: np.ndarray, *, opening_um: float, min_mm2: float, um_per_px: float) -> np.ndarray:
     """``mask`` opened by a disk (thick parts only), holes filled, components under ``min_mm2`` removed."""
     from scipy import ndimage as ndi
-    from skimage.morphology import disk
 
     from dlcore.imageops import remove_small
 
-    radius = int(round(px(opening_um, um_per_px)))
-    if radius >= 1:
-        mask = ndi.binary_opening(mask, structure=disk(radius))
+    mask = morphology(mask, "open", int(round(px(opening_um, um_per_px))))
     mask = ndi.binary_fill_holes(mask)
     return remove_small(mask, min_pixels(min_mm2, um_per_px)).astype(bool)
 
@@ -159,24 +169,14 @@ def od_ratio_to_same_hue(picture: Picture, tissue: np.ndarray, *, um_per_px: flo
     return smooth_within(ratio, tissue, px(sigma_um, um_per_px))
 
 
-def _close(mask: np.ndarray, radius_um: float, um_per_px: float) -> np.ndarray:
-    from scipy import ndimage as ndi
-    from skimage.morphology import disk
-
-    radius = int(round(px(radius_um, um_per_px)))
-    return ndi.binary_closing(mask, structure=disk(radius)) if radius >= 1 else mask
-
-
 def detect_folds(picture: Picture, tissue: np.ndarray, *, um_per_px: float, exclude: np.ndarray | None = None) -> Detection:
     """Tissue folds: at least 1.3 times the OD of the slide's tissue of the same hue, thick (module
     docstring).  ``exclude`` (pen ink) is never a fold, nor is tissue within 20 µm of it (ink darkens)."""
-    from scipy import ndimage as ndi
-
     ratio = od_ratio_to_same_hue(picture, tissue, um_per_px=um_per_px, sigma_um=10)
     raw = tissue & (np.nan_to_num(ratio) >= FOLD_RATIO)
     if exclude is not None and exclude.any():
-        raw &= ~ndi.binary_dilation(exclude, iterations=max(1, int(round(px(20, um_per_px)))))
-    raw = _close(raw, 10, um_per_px)
+        raw &= ~morphology(exclude, "dilate", max(1, int(round(px(20, um_per_px)))))
+    raw = morphology(raw, "close", int(round(px(10, um_per_px))))
     mask = _clean(raw, opening_um=10, min_mm2=0.01, um_per_px=um_per_px) & tissue
     return Detection(mask, f"OD >= {FOLD_RATIO} x median OD of tissue of the same hue (10 µm mean), closed and "
                            "opened 10 µm, holes filled, >= 0.01 mm²")
@@ -196,17 +196,52 @@ FOLD_RATIO = 1.3
 PALE_RATIO = 0.45
 
 
+def _gaussian_kernels(sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The sampled Gaussian and its first derivative, truncated at 8 sigma, as correlation weights: what
+    ``scipy.ndimage.gaussian_filter1d`` applies for orders 0 and 1."""
+    radius = int(8 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    phi = np.exp(-0.5 * x * x / (sigma * sigma))
+    phi /= phi.sum()
+    derivative = -x / (sigma * sigma) * phi
+    return phi.astype(np.float32), derivative[::-1].astype(np.float32)
+
+
+def dark_ridges(image: np.ndarray, sigmas) -> np.ndarray:
+    """Sato's tubeness filter for dark ridges in 2D, as scikit-image's ``sato(image, sigmas,
+    black_ridges=True, mode="reflect")`` computes it: per scale, ``sigma**2`` times the Hessian's larger
+    eigenvalue where it is positive, the maximum over the scales; the Hessian by two successive
+    first-order Gaussian derivatives of ``sigma / sqrt(2)``.  The separable filters run in OpenCV, in
+    float32, on every core: about 30 times faster than scikit-image on a 4096-pixel thumbnail, and equal to
+    it to float32 rounding (``tests/test_qc.py`` compares the two)."""
+    import cv2
+
+    image = image.astype(np.float32, copy=False)
+    out = np.zeros_like(image)
+    for sigma in sigmas:
+        smooth, derivative = _gaussian_kernels(sigma / np.sqrt(2))
+
+        def filtered(src, along_rows: bool) -> np.ndarray:  # derivative along rows (axis 0) or columns
+            kx, ky = (smooth, derivative) if along_rows else (derivative, smooth)
+            return cv2.sepFilter2D(src, cv2.CV_32F, kx, ky, borderType=cv2.BORDER_REFLECT)
+
+        rows, cols = filtered(image, True), filtered(image, False)
+        h_rr, h_rc, h_cc = filtered(rows, True), filtered(rows, False), filtered(cols, False)
+        larger = (h_rr + h_cc) / 2 + np.sqrt(((h_rr - h_cc) / 2) ** 2 + h_rc ** 2)
+        np.maximum(out, sigma * sigma * np.maximum(larger, 0), out=out)
+    return out
+
+
 def dark_unstained_lines(picture: Picture, *, um_per_px: float) -> np.ndarray:
     """Thin dark lines without stain colour: Sato's black-ridge filter at 2-6 µm, unstained (saturation
     < 0.2, or below that of their 40 µm surroundings) and at least 8 % darker than the mean of
     those surroundings."""
     import cv2
     from scipy import ndimage as ndi
-    from skimage.filters import sato
 
     s, v = picture.saturation, picture.value
     sigmas = sorted({max(0.7, px(um, um_per_px)) for um in (2.0, 4.0, 6.0)})
-    ridge = sato(v, sigmas=sigmas, black_ridges=True, mode="reflect")
+    ridge = dark_ridges(v, sigmas)
     size = max(3, int(round(px(40, um_per_px))) | 1)
     surround = cv2.blur(v, (size, size), borderType=cv2.BORDER_REFLECT)
     surround_saturation = cv2.blur(s, (size, size), borderType=cv2.BORDER_REFLECT)
