@@ -422,3 +422,20 @@ def test_a_model_run_resumed_mid_batch_equals_the_uninterrupted_run(tmp_path):
     assert result.summary["class_pixels"] == reference.summary["class_pixels"]
     folder, ref_folder = (tmp_path / d / "slide" / task.name for d in ("out", "ref"))
     np.testing.assert_array_equal(tifffile.imread(folder / "labels.ome.tif"), tifffile.imread(ref_folder / "labels.ome.tif"))
+
+
+def test_weights_without_a_stated_sha256_are_identified_by_their_own_digest(tmp_path):
+    """A model whose rdf.yaml states no sha256 still gives its run an identity that changes with its weights."""
+    import hashlib
+    import os
+
+    from dlcore.models.package import weights_digest
+
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"first weights")
+    assert weights_digest({"path": weights, "sha256": "abc"}) == "abc"  # the rdf's own is taken as it is
+    first = weights_digest({"path": weights, "sha256": None})
+    assert first == hashlib.sha256(b"first weights").hexdigest()
+    weights.write_bytes(b"other weights")  # replaced in place, same size
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
+    assert weights_digest({"path": weights, "sha256": None}) == hashlib.sha256(b"other weights").hexdigest() != first

@@ -17,6 +17,7 @@ behind).  The ``config.dlcore`` block is described in :mod:`dlcore.models.spec`.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -55,6 +56,21 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def weights_digest(entry: dict) -> str:
+    """The sha256 of a weights entry (``{"path", "sha256"}``): the one its rdf.yaml states, else the
+    file's own, computed (once per file size and modification time).  A run's identity (its checkpoint)
+    holds it, so weights changed in place are never mixed into a resumed run."""
+    if entry.get("sha256"):
+        return str(entry["sha256"])
+    stat = Path(entry["path"]).stat()
+    return _digest_of(str(entry["path"]), stat.st_size, stat.st_mtime_ns)
 
 
 def image_to_tensor(image: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 from dlcore.errors import ModelError, ParameterError, SlideError
 from dlcore.io.slide import SlideInfo
 from dlcore.models.loader import Network
+from dlcore.models.package import weights_digest
 
 COMMON_PARAMETERS = ("mpp", "tile_size", "halo", "batch_size", "channel", "device", "weights_format")
 
@@ -102,7 +103,7 @@ class _ModelTask:
         return {
             "task": self.name, "kind": self.kind, "model_version": spec.version, "package": str(spec.folder),
             "weights_format": self.network.weights_format,
-            "weights_sha256": spec.weights[self.network.weights_format]["sha256"],
+            "weights_sha256": weights_digest(spec.weights[self.network.weights_format]),
             "device": self.network.device.name, "autocast": self.network.device.autocast_dtype,
             "preprocessing": self.network.pre.describe(), "output_activation": self.network.activation,
             "parameters": {"mpp": self.mpp, "tile_size": self.tile_size, "halo": self.halo, "batch_size": self.batch_size,

@@ -64,8 +64,12 @@ class Picture:
 
         smooth = cv2.blur(rgb.astype(np.float32) / 255.0, (3, 3), borderType=cv2.BORDER_REFLECT)
         hsv = cv2.cvtColor(smooth, cv2.COLOR_RGB2HSV)  # float input: H in degrees, S and V in 0-1
-        od = -np.log10(np.maximum(rgb.astype(np.float32), 1.0) / 255.0).sum(axis=2)
-        return cls(rgb=rgb, hue=hsv[..., 0] / 360.0, saturation=hsv[..., 1], value=hsv[..., 2], od=od)
+        del smooth
+        lut = (-np.log10(np.maximum(np.arange(256, dtype=np.float64), 1.0) / 255.0)).astype(np.float32)
+        od = lut[rgb[..., 0]] + lut[rgb[..., 1]] + lut[rgb[..., 2]]  # per channel by table: no float RGB copy
+        hue, saturation, value = (np.ascontiguousarray(hsv[..., i]) for i in range(3))
+        del hsv
+        return cls(rgb=rgb, hue=hue / 360.0, saturation=saturation, value=value, od=od)
 
 
 def smooth_within(values: np.ndarray, mask: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -159,7 +163,7 @@ def od_ratio_to_same_hue(picture: Picture, tissue: np.ndarray, *, um_per_px: flo
 
     h = picture.hue
     od = cv2.blur(picture.od, (3, 3), borderType=cv2.BORDER_REFLECT)
-    bins = np.minimum((h * HUE_BINS).astype(int), HUE_BINS - 1)
+    bins = np.minimum(h * HUE_BINS, HUE_BINS - 1).astype(np.uint8)
     overall = float(np.median(od[tissue]))
     medians = np.full(HUE_BINS, overall, np.float32)
     counts = np.bincount(bins[tissue], minlength=HUE_BINS)
@@ -225,10 +229,26 @@ def dark_ridges(image: np.ndarray, sigmas) -> np.ndarray:
             kx, ky = (smooth, derivative) if along_rows else (derivative, smooth)
             return cv2.sepFilter2D(src, cv2.CV_32F, kx, ky, borderType=cv2.BORDER_REFLECT)
 
-        rows, cols = filtered(image, True), filtered(image, False)
-        h_rr, h_rc, h_cc = filtered(rows, True), filtered(rows, False), filtered(cols, False)
-        larger = (h_rr + h_cc) / 2 + np.sqrt(((h_rr - h_cc) / 2) ** 2 + h_rc ** 2)
-        np.maximum(out, sigma * sigma * np.maximum(larger, 0), out=out)
+        rows = filtered(image, True)
+        h_rr, h_rc = filtered(rows, True), filtered(rows, False)
+        del rows
+        h_cc = filtered(filtered(image, False), False)
+        # the larger eigenvalue (h_rr + h_cc) / 2 + sqrt(((h_rr - h_cc) / 2)² + h_rc²), in place
+        larger = h_rr + h_cc
+        larger *= 0.5
+        h_rr -= h_cc
+        del h_cc
+        h_rr *= 0.5
+        np.square(h_rr, out=h_rr)
+        np.square(h_rc, out=h_rc)
+        h_rr += h_rc
+        del h_rc
+        np.sqrt(h_rr, out=h_rr)
+        larger += h_rr
+        del h_rr
+        np.maximum(larger, 0, out=larger)
+        larger *= sigma * sigma
+        np.maximum(out, larger, out=out)
     return out
 
 

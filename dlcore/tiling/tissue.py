@@ -84,9 +84,11 @@ def tissue_mask_from_thumbnail(thumb: np.ndarray, info: SlideInfo, *, min_area_f
     from dlcore.imageops import remove_small
 
     if info.is_rgb:
-        rgb = thumb.astype(np.float32)
-        value = ndi.uniform_filter(rgb.max(axis=2), 3)
-        sat = ndi.uniform_filter(np.where(value > 0, (rgb.max(axis=2) - rgb.min(axis=2)) / np.maximum(rgb.max(axis=2), 1), 0), 3)
+        brightest = thumb.max(axis=2).astype(np.float32)  # the same values as on a float copy, without one
+        darkest = thumb.min(axis=2).astype(np.float32)
+        value = ndi.uniform_filter(brightest, 3)
+        sat = ndi.uniform_filter(np.where(value > 0, (brightest - darkest) / np.maximum(brightest, 1), 0), 3)
+        del brightest, darkest
         not_black = value >= 40
         unsaturated = not_black & (sat < 0.07)
         glass = float(np.percentile(value[unsaturated], 95)) if unsaturated.sum() > 16 else 255.0
