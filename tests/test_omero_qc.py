@@ -302,3 +302,27 @@ def test_run_model_with_qc_exclude_records_the_qc_block_tags_and_files(omero, mo
     tags = sorted(a.getTextValue().getValue() for a in anns if isinstance(a, TagAnnotationI))
     assert tags == sorted([f"QC {verdict}", *(f"QC: {n}" for n, f in flags.items() if f != "pass")])
     assert all(a.getNs().getValue() == run_ns for a in anns)  # nothing in QC_Slides' namespace
+
+
+def test_an_earlier_table_that_cannot_be_read_is_kept(omero, monkeypatch):
+    """Its rows would be lost: the new table holds the images checked now and the earlier one stays."""
+    server, conn, ids, config = omero
+    assert all(r.ok for r in qc_on_objects(conn, "Dataset", [ids["dataset"]], config=config).reports)
+    [first] = _dataset_tables(server, ids["dataset"])
+
+    def unreadable(*args, **kwargs):
+        raise RuntimeError("the table's file is damaged")
+
+    monkeypatch.setattr("dlcore.omero.qc_table.read_rows", unreadable)
+    again = qc_on_objects(conn, "Image", [ids["painted"]], config=config)
+    assert again.reports[0].ok
+    tables = _dataset_tables(server, ids["dataset"])
+    assert len(tables) == 2 and server.get("OriginalFile", first["file"].getId().getValue()) is not None
+    newest = max(tables, key=lambda t: t["annotation"].getId().getValue())
+    assert newest["table"]["values"]["Image"] == [ids["painted"]]
+    assert "could not be read, so it is kept" in again.message()
+    monkeypatch.undo()
+    third = qc_on_objects(conn, "Image", [ids["clean"]], config=config)  # readable again: merged into one
+    [table] = _dataset_tables(server, ids["dataset"])
+    assert sorted(table["table"]["values"]["Image"]) == sorted([ids["painted"], ids["clean"]])
+    assert third.reports[0].ok

@@ -169,7 +169,7 @@ def test_the_batch_table_holds_each_slide_once(demo, tmp_path):
     assert [r["slide"] for r in rows] == ["clean.ome.tif", "painted.ome.tif"]
     assert rows[1]["verdict"] == "warn" and rows[1]["pen_flag"] == "warn" and float(rows[1]["pen_fraction"]) > 0.01
     assert rows[0]["verdict"] == "pass" and float(rows[0]["blur_fraction"]) == 0.0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["qc_batch.csv"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".qc_batch.csv.lock", "qc_batch.csv"]  # no temporary file
     assert table_row("x", painted.summary()) == {**painted.table_row(), "slide": "x"}
 
 
@@ -232,7 +232,8 @@ def test_flag_reports_and_exclude_leaves_the_artefacts_out(demo, tmp_path):
     summary = exclude.summary["qc"]
     assert summary["mode"] == "exclude"
     assert summary["excluded_fraction_of_tissue"] == pytest.approx(qc.excluded_fraction(), abs=1e-4)
-    expected_mm2 = qc.artefact_mask().sum() * (qc.mpp ** 2) / 1e6
+    expected_mm2 = (qc.artefact_mask() & qc.tissue).sum() * (qc.mpp ** 2) / 1e6
+    assert summary["analysed_tissue_mm2"] == pytest.approx(qc.tissue.sum() * (qc.mpp ** 2) / 1e6 - expected_mm2, rel=1e-3)
     assert summary["excluded_area_mm2"] == pytest.approx(expected_mm2, rel=1e-3)
     provenance = json.loads((tmp_path / "exclude" / folder / "provenance.json").read_text())
     assert provenance["options"]["qc"] == "exclude" and provenance["timings"]["qc_s"] > 0
@@ -305,3 +306,40 @@ def test_the_ridge_filter_is_scikit_images_sato():
     for sigmas in ([1.0, 2.0, 3.0], [0.7, 1.4]):
         expected = sato(value, sigmas=sigmas, black_ridges=True, mode="reflect")
         assert np.abs(dark_ridges(value, sigmas) - expected).max() < 1e-5
+
+
+def test_a_bubble_on_glass_is_what_the_tissue_detector_would_have_analysed(tmp_path):
+    """The tissue detector takes a bubble's dark rim for tissue and fills the disc: QC marks it a bubble,
+    counts it in the tissue the analysis would have covered, and ``exclude`` leaves it out."""
+    from painted_artefacts import demo_tissue, paint_bubble
+
+    image = np.full((2048, 2048, 3), 250, np.uint8)
+    image[700:1700, 700:1700] = demo_tissue(2048, 2048)[524:1524, 524:1524]  # real tissue in the middle
+    disc = paint_bubble(image, (350, 350), 220, rim=12)  # a bubble on the glass only
+    slide = open_slide(write_ome_tiff(tmp_path / "glass-bubble.ome.tif", image, levels=3))
+    try:
+        result = run_qc(slide)
+    finally:
+        slide.close()
+    bubble = result.mask == BY_NAME["bubble"].value
+    assert iou(bubble, at_mask_resolution(disc, result.mask.shape)) >= 0.8
+    assert result.tissue[bubble].all()  # the detector's tissue: an analysis without QC reads it
+    assert result.fractions["bubble"] == pytest.approx(bubble.sum() / result.tissue.sum())
+    usable = usable_tissue(TissueMask(mask=result.tissue, downsample=result.downsample, method="m"),
+                           result.artefact_mask(), result.downsample)
+    assert not usable.mask[bubble].any() and usable.mask.sum() == (result.tissue & ~result.artefact_mask()).sum()
+    assert result.fractions, result.flags
+
+
+def test_focus_is_never_measured_on_enlarged_pixels(tmp_path):
+    """A 10x scan (1 µm/px) is judged at its own pixels, not enlarged to the default 0.5 µm/px, where
+    interpolation would read as blur."""
+    from synthetic import real_he_field
+
+    path = write_ome_tiff(tmp_path / "10x.ome.tif", np.ascontiguousarray(np.tile(real_he_field(), (3, 2, 1))), mpp=1.0)
+    slide = open_slide(path)
+    try:
+        result = run_qc(slide)
+    finally:
+        slide.close()
+    assert result.focus["mpp"] == 1.0 and result.fractions["blur"] == 0.0

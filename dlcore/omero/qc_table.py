@@ -6,9 +6,11 @@ as DoubleColumns (NaN where unknown).  The table is attached to the dataset as a
 namespace ``dlcore/qc``, in the dataset's group.
 
 A dataset holds one such table per user.  QC_Slides on some of a dataset's images writes a new table with
-their rows and the earlier table's rows of the dataset's other images (so a table never holds an image
-twice, and checking one image does not drop the others), links it, and then deletes the earlier table (one
-Delete2, waited on).  A failure before the link deletes the new table's file; the earlier table stays.
+their rows and the earlier tables' rows of the dataset's other images (so a table never holds an image
+twice, and checking one image does not drop the others; two runs at once leave two tables, which the next
+run merges), links it, and then deletes the earlier tables it read (one Delete2, waited on).  An earlier
+table that cannot be read is kept, never deleted.  A failure before the link deletes the new table's file;
+the earlier tables stay.
 """
 from __future__ import annotations
 
@@ -100,16 +102,17 @@ def replace_dataset_table(conn, dataset, rows: dict[int, dict]) -> str:
     dataset_id = int(dataset.getId())
     label = f"Dataset:{dataset_id} {dataset.getName()}"
     context = {"omero.group": str(int(dataset.getDetails().getGroup().getId()))}
-    earlier = earlier_tables(conn, dataset_id, context)
-    earlier_rows: list[dict] = []
-    note = ""
-    if earlier:
+    earlier_rows: list[dict] = []  # newest table first: an image's newest row wins
+    earlier, unreadable = [], []
+    for annotation_id, file_id in reversed(earlier_tables(conn, dataset_id, context)):
         try:
-            earlier_rows = read_rows(conn, earlier[-1][1], context)
-        except Exception as exc:  # the new rows still count; the others are listed in the note
-            log.warning("%s: the earlier QC table cannot be read: %s", label, exc)
-            note = (f"; the earlier table could not be read ({server_message(exc)}), so the new one holds only the "
-                    "images checked now")
+            earlier_rows += read_rows(conn, file_id, context)
+            earlier.append((annotation_id, file_id))
+        except Exception as exc:  # kept, never deleted: its rows would be lost
+            log.warning("%s: the earlier QC table FileAnnotation:%s cannot be read: %s", label, annotation_id, exc)
+            unreadable.append(annotation_id)
+    note = (f"; the earlier table FileAnnotation:{', '.join(map(str, unreadable))} could not be read, so it is kept "
+            "beside the new one (delete it once you no longer need its rows)" if unreadable else "")
     in_dataset = {int(image.getId()) for image in dataset.listChildren()}
     table_rows = merged_rows(earlier_rows, rows, in_dataset)
     table, file_id = None, None

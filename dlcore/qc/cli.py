@@ -86,7 +86,8 @@ def cmd_qc(args) -> int:
 def qc_one(path: Path, out: Path, *, options, mpp: float | None = None):
     """QC of the slide at ``path`` into ``out`` (see the module docstring); ``(result, folder)``."""
     from dlcore.io.local import open_slide
-    from dlcore.io.local_sink import owner_file, remove_dead_partials, replace_folder, slide_stem, write_owner
+    from dlcore.io.local_sink import (current_umask, owner_file, remove_dead_partials, replace_folder, slide_stem,
+                                      write_owner)
     from dlcore.io.slide import with_mpp
     from dlcore.progress import TqdmProgress
     from dlcore.qc.outputs import update_batch_table, write_qc_files
@@ -106,7 +107,7 @@ def qc_one(path: Path, out: Path, *, options, mpp: float | None = None):
     write_owner(partial)
     try:
         write_qc_files(result, partial)
-        os.chmod(partial, 0o755)
+        os.chmod(partial, 0o777 & ~current_umask())  # mkdtemp makes it private
         replace_folder(slide_dir / "qc", partial)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

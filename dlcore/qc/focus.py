@@ -60,15 +60,15 @@ class FocusMap:
         return blurred[np.ix_(rows, cols)]
 
 
-def block_sharpness(window: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+def block_sharpness(window: np.ndarray, block: int, *, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """``(sharpness, contrast)`` of each whole ``block x block`` square of a ``(Y, X, C)`` window whose
-    sides are multiples of ``block`` (see the module docstring)."""
+    sides are multiples of ``block`` (see the module docstring).  ``scale`` brings the grey values to an
+    8-bit range (1 for 8-bit images; see :func:`grey_scale`), so the contrast floor means the same."""
     import cv2
 
     grey = window.astype(np.float32).mean(axis=2) if window.ndim == 3 else window.astype(np.float32)
-    if window.dtype != np.uint8:  # other bit depths: to an 8-bit scale so the contrast floor means the same
-        top = float(np.percentile(grey, 99.5)) or 1.0
-        grey = grey * (255.0 / top)
+    if scale != 1.0:
+        grey *= scale
     smooth = cv2.GaussianBlur(grey, (0, 0), 0.7)
     lap = np.abs(cv2.Laplacian(smooth, cv2.CV_32F, ksize=1))
     rows, cols = grey.shape[0] // block, grey.shape[1] // block
@@ -78,19 +78,31 @@ def block_sharpness(window: np.ndarray, block: int) -> tuple[np.ndarray, np.ndar
     return detail / (contrast + 2.0), contrast
 
 
+def grey_scale(thumb: np.ndarray) -> float:
+    """The factor that brings a slide's grey values to an 8-bit range: 1 for 8-bit images, else 255 over
+    the 99.5th percentile of the thumbnail's grey (one factor for the whole slide, so a dim region is
+    not stretched to look like a bright one)."""
+    if thumb.dtype == np.uint8:
+        return 1.0
+    top = float(np.percentile(thumb.astype(np.float32).mean(axis=2), 99.5))
+    return 255.0 / top if top > 0 else 1.0
+
+
 def focus_map(slide: Slide, plan: ResolutionPlan, working_size: tuple[int, int], tissue: np.ndarray,
               tissue_downsample: float, *, block: int = DEFAULT_BLOCK, threshold: float = DEFAULT_THRESHOLD,
-              threads: int = 2, progress: ProgressCallback | None = None) -> FocusMap:
+              scale: float = 1.0, threads: int = 2, progress: ProgressCallback | None = None) -> FocusMap:
     """The :class:`FocusMap` of the tissue of ``slide`` read as ``plan`` says.
 
     ``tissue`` is a boolean mask whose pixels each cover ``tissue_downsample`` level-0 pixels; only
-    blocks whose centre lies on it are judged, and only tiles holding such blocks are read."""
+    blocks whose centre lies on it, inside the image, are judged, and only tiles holding such blocks are
+    read.  ``scale``: :func:`grey_scale`."""
     width, height = working_size
     rows, cols = math.ceil(height / block), math.ceil(width / block)
     sharpness = np.full((rows, cols), np.nan, np.float32)
     centre_y = ((np.arange(rows) + 0.5) * block * plan.factor / tissue_downsample).astype(int)
     centre_x = ((np.arange(cols) + 0.5) * block * plan.factor / tissue_downsample).astype(int)
     on_tissue = tissue[np.ix_(np.minimum(centre_y, tissue.shape[0] - 1), np.minimum(centre_x, tissue.shape[1] - 1))]
+    on_tissue &= ((np.arange(rows) + 0.5) * block < height)[:, None] & ((np.arange(cols) + 0.5) * block < width)[None, :]
     step = BLOCKS_PER_TILE
     jobs = [(r, c) for r in range(0, rows, step) for c in range(0, cols, step) if on_tissue[r:r + step, c:c + step].any()]
 
@@ -98,7 +110,7 @@ def focus_map(slide: Slide, plan: ResolutionPlan, working_size: tuple[int, int],
         r, c = job
         nr, nc = min(step, rows - r), min(step, cols - c)
         window = read_working(slide, plan, c * block, r * block, nc * block, nr * block)  # mirrored past the edge
-        values, contrast = block_sharpness(window, block)
+        values, contrast = block_sharpness(window, block, scale=scale)
         values[(contrast < 4.0) | ~on_tissue[r:r + nr, c:c + nc]] = np.nan
         return r, c, values
 

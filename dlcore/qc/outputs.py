@@ -87,7 +87,17 @@ def render_qc_overview(result: QCResult, path: Path, *, max_side: int = 1200) ->
 
 def update_batch_table(path: Path, rows: list[dict]) -> Path:
     """Add ``rows`` (:meth:`QCResult.table_row`) to the batch QC CSV at ``path``, replacing the rows of
-    the same slides; written to a temporary file and renamed, so the table is never half-written."""
+    the same slides; written to a temporary file and renamed, so the table is never half-written, under
+    an exclusive lock on ``.<name>.lock`` beside it, so runs writing to one folder at once keep each other's rows."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _merge_rows(path, rows)
+
+
+def _merge_rows(path: Path, rows: list[dict]) -> Path:
     existing: list[dict] = []
     if path.exists():
         with path.open(newline="", encoding="utf-8") as handle:
@@ -95,7 +105,6 @@ def update_batch_table(path: Path, rows: list[dict]) -> Path:
     replaced = {row["slide"] for row in rows}
     merged = [row for row in existing if row.get("slide") not in replaced] + rows
     columns = list(dict.fromkeys([key for row in rows for key in row] + [k for row in existing for k in row]))
-    path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=".qc-batch-", suffix=".csv", dir=path.parent)
     try:
         with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:

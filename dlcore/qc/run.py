@@ -21,7 +21,7 @@ from dlcore.io.slide import Slide, SlideInfo, plan_resolution
 from dlcore.progress import ProgressCallback
 from dlcore.qc import artefacts
 from dlcore.qc.classes import ARTEFACTS, QC_CLASSES, TISSUE, flag_for, worst
-from dlcore.qc.focus import DEFAULT_BLOCK, DEFAULT_THRESHOLD, FocusMap, focus_map
+from dlcore.qc.focus import DEFAULT_BLOCK, DEFAULT_THRESHOLD, FocusMap, focus_map, grey_scale
 
 QC_MODES = ("off", "flag", "exclude")
 QC_NAMESPACE = "dlcore/qc"
@@ -69,13 +69,17 @@ class QCResult:
     """A slide's QC: its mask, figures and flags.
 
     ``mask`` is a ``(Y, X)`` uint8 label image of :data:`QC_CLASSES`, each pixel covering ``downsample``
-    level-0 pixels (``mpp`` µm, None without a pixel size); ``thumb`` the RGB (or display) thumbnail it
-    was found on.  ``fractions`` are each artefact's share of the tissue area (tissue plus artefacts on
-    the slide, pen ink included), ``flags`` their pass / warn / fail, ``verdict`` the worst flag.
+    level-0 pixels (``mpp`` µm, None without a pixel size); ``tissue`` the tissue the analysis's detector
+    finds on the same grid (it takes pen ink, a bubble's rim and disc or a coverslip edge on glass for
+    tissue: they are not glass); ``thumb`` the RGB (or display) thumbnail it was found on.
+    ``fractions`` are each artefact's share of that tissue, what an analysis without QC would count
+    (an artefact the detector leaves out counts nothing), ``areas_mm2`` each class's area on it,
+    ``flags`` their pass / warn / fail, ``verdict`` the worst flag.
     """
 
     slide: str
     mask: np.ndarray
+    tissue: np.ndarray
     downsample: float
     mpp: float | None
     thumb: np.ndarray
@@ -90,7 +94,7 @@ class QCResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def artefact_mask(self) -> np.ndarray:
-        """Pixels of any artefact class (what ``--qc exclude`` leaves out)."""
+        """Pixels of any artefact class, on tissue or not (what ``--qc exclude`` leaves out)."""
         return self.mask > TISSUE
 
     def usable_tissue(self) -> np.ndarray:
@@ -188,10 +192,13 @@ def run_qc(slide: Slide, *, info: SlideInfo | None = None, options: QCOptions = 
 
     t0 = time.perf_counter()
     focus_mpp = options.focus_mpp if options.focus_mpp is not None else (0.5 if mpp0 else None)
+    if focus_mpp is not None and mpp0 and focus_mpp < mpp0:
+        focus_mpp = mpp0  # never enlarged: interpolation would read as blur
     plan = plan_resolution(info, focus_mpp)
     judged = tissue & ~found.get("pen", np.zeros_like(tissue))
     focus = focus_map(slide, plan, plan.working_size(info), judged, downsample, block=options.focus_block,
-                      threshold=options.blur_threshold, threads=options.threads, progress=progress)
+                      threshold=options.blur_threshold, scale=grey_scale(thumb), threads=options.threads,
+                      progress=progress)
     blur = focus.on_grid(tissue.shape, downsample) & tissue
     found["blur"] = _drop_small_regions(blur, 4 * (focus.block * plan.factor / downsample) ** 2)
     methods["blur"] = (f"mean |Laplacian| / (grey std + 2) < {focus.threshold} in {focus.block}-px blocks at "
@@ -202,7 +209,7 @@ def run_qc(slide: Slide, *, info: SlideInfo | None = None, options: QCOptions = 
     for qc_class in sorted(ARTEFACTS, key=lambda c: c.value):  # later classes win where artefacts overlap
         if qc_class.name in found:
             mask[found[qc_class.name]] = qc_class.value
-    return _result(info, mask, downsample, mpp0, thumb, stats, focus, methods, options, timings, focus_mpp)
+    return _result(info, mask, tissue, downsample, mpp0, thumb, stats, focus, methods, options, timings, focus_mpp)
 
 
 def _drop_small_regions(mask: np.ndarray, min_px: float) -> np.ndarray:
@@ -211,14 +218,15 @@ def _drop_small_regions(mask: np.ndarray, min_px: float) -> np.ndarray:
     return remove_small(mask, max(1, int(math.ceil(min_px)))).astype(bool) if mask.any() else mask
 
 
-def _result(info, mask, downsample, mpp0, thumb, stats, focus: FocusMap, methods, options, timings,
+def _result(info, mask, tissue, downsample, mpp0, thumb, stats, focus: FocusMap, methods, options, timings,
             focus_mpp) -> QCResult:
-    counts = np.bincount(mask.ravel(), minlength=len(QC_CLASSES))
-    tissue_total = int(counts[TISSUE:].sum())
+    counts = np.bincount(mask[tissue], minlength=len(QC_CLASSES))  # on tissue: an artefact on glass counts nothing
+    tissue_total = int(tissue.sum())
     fractions = {c.name: (float(counts[c.value]) / tissue_total if tissue_total else 0.0) for c in ARTEFACTS}
     mask_mpp = downsample * mpp0 if mpp0 else None
     area = (mask_mpp ** 2 / 1e6) if mask_mpp else None
-    areas = {c.name: (round(float(counts[c.value]) * area, 5) if area else None) for c in QC_CLASSES if c.value}
+    areas = {c.name: (round(float(counts[c.value]) * area, 5) if area else None) for c in QC_CLASSES
+             if c.value >= TISSUE}
     areas["tissue_total"] = round(tissue_total * area, 5) if area else None
     flags = {c.name: flag_for(c, fractions[c.name]) for c in ARTEFACTS}
     median_od = stats["median_od"]
@@ -231,14 +239,14 @@ def _result(info, mask, downsample, mpp0, thumb, stats, focus: FocusMap, methods
     else:
         flags["stain"] = "pass"
         stain = {"judgement": "not judged (not 8-bit RGB brightfield, or no tissue)"}
-    if tissue_total == 0:
+    if tissue_total == 0:  # nothing to analyse (artefacts on glass do not make tissue)
         flags["tissue"] = "fail"
     judged = np.isfinite(focus.sharpness)
     median = focus.median()
     focus_figures = {"blocks_judged": int(judged.sum()), "blocks_blurred": int(focus.blurred().sum()),
                      "median_sharpness": None if median is None else round(median, 4), "block_px": focus.block,
                      "mpp": focus_mpp}
-    return QCResult(slide=info.name, mask=mask, downsample=float(downsample), mpp=mask_mpp, thumb=thumb,
+    return QCResult(slide=info.name, mask=mask, tissue=tissue, downsample=float(downsample), mpp=mask_mpp, thumb=thumb,
                     fractions=fractions, areas_mm2=areas, flags=flags, verdict=worst(flags.values()), stain=stain,
                     focus=focus_figures, methods=methods, options=options.as_dict(), timings=timings)
 
@@ -262,10 +270,15 @@ def qc_problems(summary: dict) -> str:
 
 
 def qc_run_summary(result: QCResult, mode: str) -> dict:
-    """The ``qc`` block of an analysis's summary: the QC figures, the mode, and what it left out
-    (``exclude``: every artefact's area; ``flag``: nothing)."""
+    """The ``qc`` block of an analysis's summary: the QC figures, the mode, what it left out of the tissue
+    (``exclude``: every artefact's area on tissue; ``flag``: nothing) and the tissue area analysed (the
+    denominator for densities; the summary's ``tissue_area_mm2`` is the whole tissue's)."""
     artefact_mm2 = [v for name, v in result.areas_mm2.items() if name in result.fractions and v is not None]
     excluded = mode == "exclude"
+    excluded_mm2 = (round(sum(artefact_mm2), 5) if result.mpp else None) if excluded else 0.0
+    tissue_mm2 = result.areas_mm2.get("tissue_total")
     return {"mode": mode, **result.summary(),
             "excluded_fraction_of_tissue": round(result.excluded_fraction(), 5) if excluded else 0.0,
-            "excluded_area_mm2": (round(sum(artefact_mm2), 5) if artefact_mm2 else None) if excluded else 0.0}
+            "excluded_area_mm2": excluded_mm2,
+            "analysed_tissue_mm2": None if tissue_mm2 is None or excluded_mm2 is None
+            else round(tissue_mm2 - excluded_mm2, 5)}

@@ -106,8 +106,8 @@ def find_tile_objects(
     )[0]
     owned_ids = owned_ids[(owned_ids > 0) & (area[owned_ids] >= max(min_pixels, 1))]
     if excluded is not None and owned_ids.size:
-        at_y = np.clip(cy[owned_ids].astype(np.int64), 0, labels.shape[0] - 1)
-        at_x = np.clip(cx[owned_ids].astype(np.int64), 0, labels.shape[1] - 1)
+        at_y = np.clip(np.floor(cy[owned_ids] + 0.5).astype(np.int64), 0, labels.shape[0] - 1)  # the pixel holding
+        at_x = np.clip(np.floor(cx[owned_ids] + 0.5).astype(np.int64), 0, labels.shape[1] - 1)  # the centroid
         owned_ids = owned_ids[~excluded[at_y, at_x]]
     if owned_ids.size == 0:
         return _empty(labels.shape, window.shape[2])
