@@ -131,11 +131,30 @@ def _task_params(args) -> dict:
     return params
 
 
+def slides_to_process(paths: list[Path], out: Path, *, doing: str) -> tuple[list[Path], list] | None:
+    """``(slides, skipped)``: the slide files ``paths`` stand for (folders expanded; what is skipped listed
+    on stderr), once results can be written in ``out``.  None, after an error line, when there is no slide
+    to ``doing`` (a verb: "analyse") or ``out`` is unusable."""
+    from dlcore.io.local import expand_slide_paths
+    from dlcore.io.local_sink import check_output_folder
+
+    slides, skipped = expand_slide_paths(paths)
+    for path, reason in skipped:
+        print(f"- skipped {path}: {reason}", file=sys.stderr)
+    if not slides:
+        print(f"error: no slide files to {doing}", file=sys.stderr)
+        return None
+    try:
+        check_output_folder(out)
+    except DlcoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return slides, skipped
+
+
 def cmd_run(args) -> int:
     from dlcore.batch import SlideJob, analyse_slides
     from dlcore.config import load_config
-    from dlcore.io.local import expand_slide_paths
-    from dlcore.io.local_sink import check_output_folder
     from dlcore.progress import TqdmProgress
     from dlcore.tasks import resolve_task
     from dlcore.workflows import RunOptions
@@ -148,17 +167,10 @@ def cmd_run(args) -> int:
         checkpoint=not args.no_checkpoint, checkpoint_every_s=config.checkpoint_every_s, fresh=args.fresh,
         qc=args.qc,
     )
-    slides, skipped = expand_slide_paths(args.slides)
-    for path, reason in skipped:
-        print(f"- skipped {path}: {reason}", file=sys.stderr)
-    if not slides:
-        print("error: no slide files to analyse", file=sys.stderr)
+    found = slides_to_process(args.slides, args.out, doing="analyse")
+    if found is None:
         return EXIT_FAILED
-    try:
-        check_output_folder(args.out)
-    except DlcoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    slides, skipped = found
     at_once = min(args.slides_at_once or config.slides_at_once, len(slides))
     if at_once > 1:  # each slide's process resolves the task (and loads a model) itself; this one needs none
         task = None

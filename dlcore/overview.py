@@ -19,6 +19,19 @@ def _display_rgb(thumb: np.ndarray) -> np.ndarray:
     return np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
+def display_thumbnail(thumb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """``(rgb, scale)``: ``thumb`` as 8-bit RGB for display (:func:`_display_rgb`), shrunk (bilinear) so that
+    its long side is at most ``max_side``, and the factor it was shrunk by (1: not shrunk)."""
+    from PIL import Image
+
+    rgb = _display_rgb(thumb)
+    scale = min(1.0, max_side / max(rgb.shape[:2]))
+    if scale < 1.0:
+        size = (max(1, int(rgb.shape[1] * scale)), max(1, int(rgb.shape[0] * scale)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+    return rgb, scale
+
+
 def render_overview(
     thumb: np.ndarray,
     labels: np.ndarray,
@@ -37,11 +50,7 @@ def render_overview(
     from skimage.segmentation import find_boundaries
     from skimage.transform import resize
 
-    rgb = _display_rgb(thumb)
-    scale = min(1.0, max_side / max(rgb.shape[:2]))
-    if scale < 1.0:
-        size = (max(1, int(rgb.shape[1] * scale)), max(1, int(rgb.shape[0] * scale)))
-        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+    rgb, _ = display_thumbnail(thumb, max_side)
     h, w = rgb.shape[:2]
     lab = resize(labels, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
     out = rgb.copy()

@@ -202,9 +202,10 @@ def analyse_slide(
                     progress=progress)
         stage["qc_s"] = time.perf_counter() - t0
         log.info("%s: QC %s (%s)", info.name, qc.verdict, qc_problems(qc.summary()) or "no artefact")
-        if options.qc == "exclude" and qc.artefact_mask().any():
-            analysed = usable_tissue(tissue, qc.artefact_mask(), qc.downsample)
-            exclusion = Exclusion(mask=qc.artefact_mask(), downsample=qc.downsample, factor=plan.factor)
+        artefacts = qc.artefact_mask()
+        if options.qc == "exclude" and artefacts.any():
+            analysed = usable_tissue(tissue, artefacts, qc.downsample)
+            exclusion = Exclusion(mask=artefacts, downsample=qc.downsample, factor=plan.factor)
             if not analysed.mask.any():
                 raise InputError(f"{info.name}: QC found artefacts on all of its tissue ({qc_problems(qc.summary())}); nothing "
                                  "is left to analyse. See the QC overview (dlcore qc), or run with --qc flag to "

@@ -148,11 +148,10 @@ def qc_on_objects(
 def qc_on_image(conn, image, *, options, mpp: float | None = None, work_dir=None, progress=None) -> ImageReport:
     """Check one image and write its QC onto it (see the module docstring); never raises for a failed
     image: its report says why, and nothing of it is left."""
-    from dlcore.errors import DlcoreError
     from dlcore.io.slide import with_mpp
     from dlcore.omero.qc_writer import QCWriter
     from dlcore.omero.slide import OmeroSlide
-    from dlcore.omero.workflows import annotate_refusal, failure_message, server_message
+    from dlcore.omero.workflows import annotate_refusal, failure_report
     from dlcore.qc.run import run_qc
 
     image_id, name = int(image.getId()), image.getName()
@@ -167,12 +166,8 @@ def qc_on_image(conn, image, *, options, mpp: float | None = None, work_dir=None
         info = with_mpp(slide.info, mpp)
         result = run_qc(slide, info=info, options=options, progress=progress)
         outputs = writer.write(result, input_identity=info.identity)
-    except DlcoreError as exc:
-        return ImageReport(image_id, name, False, failure_message(label, str(exc), writer))
     except Exception as exc:  # a server error on one image must not lose the others' QC
-        log.exception("%s: QC failed", label)
-        return ImageReport(image_id, name, False,
-                           failure_message(label, f"{type(exc).__name__}: {server_message(exc)}", writer))
+        return failure_report(image_id, name, label, exc, writer)
     finally:
         if slide is not None:
             slide.close()

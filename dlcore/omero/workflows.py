@@ -230,12 +230,8 @@ def run_on_image(conn, image, task, *, options, roi_cap: int, progress=None) -> 
             f"⏸ {exc}. Nothing was written onto the image yet. The checkpoint is on the processor node "
             f"{socket.gethostname()}: the script run again on this image with the same parameters continues from "
             "it there (on another node it starts over)."))
-    except DlcoreError as exc:
-        return ImageReport(image_id, name, False, failure_message(label, str(exc), sink))
     except Exception as exc:  # a server error on one image must not lose the others' results
-        log.exception("%s failed", label)
-        return ImageReport(image_id, name, False,
-                           failure_message(label, f"{type(exc).__name__}: {server_message(exc)}", sink))
+        return failure_report(image_id, name, label, exc, sink)
     finally:
         if slide is not None:
             slide.close()
@@ -245,6 +241,17 @@ def run_on_image(conn, image, task, *, options, roi_cap: int, progress=None) -> 
 def server_message(exc: Exception) -> str:
     """The readable part of an OMERO server exception (its ``message`` field), else str()."""
     return str(getattr(exc, "message", "") or exc).strip()
+
+
+def failure_report(image_id: int, name: str, label: str, exc: Exception, sink) -> ImageReport:
+    """The report of an image whose work raised ``exc``: a :class:`DlcoreError`'s own message, any other
+    error (a server's) by its type and the server's words, logged with its traceback."""
+    if isinstance(exc, DlcoreError):
+        problem = str(exc)
+    else:
+        log.exception("%s failed", label)
+        problem = f"{type(exc).__name__}: {server_message(exc)}"
+    return ImageReport(image_id, name, False, failure_message(label, problem, sink))
 
 
 def failure_message(label: str, problem: str, sink) -> str:

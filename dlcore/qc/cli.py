@@ -50,19 +50,15 @@ def register_cli(sub) -> None:
 
 
 def cmd_qc(args) -> int:
-    from dlcore.io.local import expand_slide_paths
-    from dlcore.io.local_sink import check_output_folder
+    from dlcore.cli import slides_to_process
     from dlcore.qc.run import QCOptions
 
     options = QCOptions(qc_mpp=args.qc_mpp, focus_mpp=args.focus_mpp, focus_block=args.focus_block,
                         blur_threshold=args.blur_threshold)
-    slides, skipped = expand_slide_paths(args.slides)
-    for path, reason in skipped:
-        print(f"- skipped {path}: {reason}", file=sys.stderr)
-    if not slides:
-        print("error: no slide files to check", file=sys.stderr)
+    found = slides_to_process(args.slides, args.out, doing="check")
+    if found is None:
         return EXIT_FAILED
-    check_output_folder(args.out)
+    slides = found[0]
     failures, verdicts = 0, []
     for path in slides:
         try:

@@ -61,12 +61,10 @@ def render_qc_overview(result: QCResult, path: Path, *, max_side: int = 1200) ->
     """The QC overview picture (see the module docstring)."""
     from PIL import Image, ImageDraw
 
-    from dlcore.overview import _display_rgb
+    from dlcore.overview import display_thumbnail
 
-    rgb = _display_rgb(result.thumb)
-    scale = min(1.0, max_side / max(rgb.shape[:2]))
-    h, w = max(1, int(rgb.shape[0] * scale)), max(1, int(rgb.shape[1] * scale))
-    picture = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+    picture, scale = display_thumbnail(result.thumb, max_side)
+    h, w = picture.shape[:2]
     rows = (np.minimum((np.arange(h) + 0.5) / scale, result.mask.shape[0] - 1)).astype(int)
     cols = (np.minimum((np.arange(w) + 0.5) / scale, result.mask.shape[1] - 1)).astype(int)
     mask = result.mask[np.ix_(rows, cols)]
