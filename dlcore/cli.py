@@ -287,6 +287,12 @@ def cmd_demo(args) -> int:
         progress = TqdmProgress()
         write_synthetic_slide(slide, SyntheticSlideSpec(), progress=progress)
         progress.close()
+    if args.scribbles:
+        from dlcore.pixels.demo import write_scribble_demo
+
+        folder = write_scribble_demo(args.out / "pixel-training")
+        print(f"wrote {folder}: the IHC section and scribbles of dab, hematoxylin and background; train a pixel "
+              f"classifier with\n  dlcore train {folder} --task pixels --name ihc-dab --colour hed")
     run_args = build_parser().parse_args(["run", args.task, str(slide), "-o", str(args.out)])
     return cmd_run(run_args)
 
@@ -330,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=HelpFormatter)
     p.add_argument("-o", "--out", type=Path, default=Path("demo-output"), help="output folder")
     p.add_argument("--task", default="nuclei-classical", help="task or model to run")
+    p.add_argument("--scribbles", action="store_true",
+                   help="also write OUT/pixel-training: the IHC section with 36 scribbles of three classes, for "
+                        "`dlcore train OUT/pixel-training --task pixels`")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("benchmark", help="seconds per gigapixel, pipeline efficiency and peak memory",
                        formatter_class=HelpFormatter)

@@ -95,7 +95,7 @@ def cmd_show(args) -> int:
     print(f"{record.name} {record.version}\n  {record.description}\n  path: {record.path}")
     print(f"  kind: {record.kind}")
     if dl:
-        for key in ("mpp", "tile_size", "halo", "normalization", "classes", "postprocess", "patch_size"):
+        for key in ("mpp", "tile_size", "halo", "normalization", "classes", "postprocess", "patch_size", "features"):
             if key in dl:
                 print(f"  {key}: {json.dumps(dl[key])}")
     else:

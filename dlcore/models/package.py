@@ -17,6 +17,7 @@ behind).  The ``config.dlcore`` block is described in :mod:`dlcore.models.spec`.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -71,6 +72,23 @@ def weights_digest(entry: dict) -> str:
         return str(entry["sha256"])
     stat = Path(entry["path"]).stat()
     return _digest_of(str(entry["path"]), stat.st_size, stat.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def staged_package(out_dir: Path, extra_files: dict[str, str] | None = None):
+    """A hidden folder beside ``out_dir`` to write a package into: when the block ends without error,
+    ``extra_files`` (name -> text) are written into it and it is renamed to ``out_dir``; otherwise it is
+    removed.  So a package is never visible half-written, nor without its extra files."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield staging
+        for file_name, text in (extra_files or {}).items():
+            (staging / file_name).write_text(text)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def image_to_tensor(image: np.ndarray) -> np.ndarray:
@@ -248,9 +266,7 @@ def write_package(
     cfg["training_data"] = training_data or {}
     cfg["metrics"] = metrics or {}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_package(out_dir, extra_files) as staging:
         shutil.copyfile(inspect.getsourcefile(architectures), staging / "architecture.py")
         torch.save(model.state_dict(), staging / "weights.pt")
         try:
@@ -270,12 +286,6 @@ def write_package(
                    cover_name=cover_name, authors=authors, tags=tags, version=version, license=license,
                    folder=staging, n_params=sum(p.numel() for p in model.parameters()))
         _validate_and_write(rdf, staging)
-        for file_name, text in (extra_files or {}).items():
-            (staging / file_name).write_text(text)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("wrote model package %s", out_dir)
     return out_dir
 

@@ -119,18 +119,7 @@ class PatchStitcher(SemanticStitcher):
 
     def write_heatmap(self, folder: Path) -> dict[str, Path]:
         """``heatmap.npy`` (rows, cols, classes; NaN off tissue) and ``heatmap.png`` (class colours by probability)."""
-        from PIL import Image
+        from dlcore.models.outputs import write_probability_map
 
-        probs = self.grid.astype(np.float32)
-        probs[~self.tissue] = np.nan
-        npy = folder / "heatmap.npy"
-        np.save(npy, probs)
-        colors = np.asarray(self.task.class_colors, np.float32)
-        rgb = np.nan_to_num(probs) @ colors
-        rgb[~self.tissue] = 255
-        scale = max(1, 512 // max(self.grid.shape[:2]))
-        image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).resize(
-            (self.grid.shape[1] * scale, self.grid.shape[0] * scale), Image.NEAREST)
-        png = folder / "heatmap.png"
-        image.save(png)
+        npy, png = write_probability_map(self.grid, self.tissue, self.task.class_colors, folder, "heatmap")
         return {"heatmap": png, "heatmap probabilities": npy}

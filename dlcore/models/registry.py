@@ -154,13 +154,18 @@ def load_task(name: str, params: dict | None = None, *, config=None):
     """A ready task running the installed model ``name`` with ``params`` (see dlcore.models.tasks.build_task).
 
     ``params`` may also hold ``device`` (auto, cpu, cuda, cuda:N; default: the configuration) and
-    ``weights_format`` (torchscript or pytorch_state_dict; default: torchscript when present).
+    ``weights_format`` (torchscript or pytorch_state_dict; default: torchscript when present).  A pixel
+    classifier (:mod:`dlcore.pixels`) runs from its forest and feature settings, without torch.
     """
+    config = _config(config)
+    record = find_model(name, config)
+    if record.kind == "pixel_classifier":  # runs in numpy, OpenCV and scikit-learn: no torch
+        from dlcore.pixels.task import load_pixel_task
+
+        return load_pixel_task(record.path, record.name, params)
     from dlcore.models.loader import Network, read_spec
     from dlcore.models.tasks import build_task
 
-    config = _config(config)
-    record = find_model(name, config)
     params = dict(params or {})
     device = params.pop("device", None) or config.device
     weights_format = params.pop("weights_format", None)

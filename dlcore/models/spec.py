@@ -5,7 +5,7 @@ The block (written by :func:`dlcore.models.package.write_package`, documented in
 
     config:
       dlcore:
-        kind: semantic | instances | patch_classification
+        kind: semantic | instances | patch_classification | pixel_classifier
         mpp: 0.5                  # working resolution, µm/pixel (null: the slide's native pixels)
         tile_size: 512            # working pixels, multiple of the network's divisor
         halo: 32                  # context on each side, working pixels
@@ -24,6 +24,7 @@ The block (written by :func:`dlcore.models.package.write_package`, documented in
           ...                              # thresholds, see POSTPROCESS_DEFAULTS
         patch_size: 64                     # patch_classification only
         background_class: background       # patch_classification: class left out of the slide decision
+        features: {scales: [...], ...}     # pixel_classifier: see dlcore.pixels (features, forest, channel_names)
 
 Packages from other tools have no such block: they run as semantic segmentation with defaults
 (:func:`foreign_config`) and the rdf's own pre-processing.
@@ -38,7 +39,7 @@ from typing import Any
 
 from dlcore.errors import ModelError
 
-KINDS = ("semantic", "instances", "patch_classification")
+KINDS = ("semantic", "instances", "patch_classification", "pixel_classifier")
 NORMALIZATIONS = ("scale_0_1", "percentile", "imagenet", "none")
 ACTIVATIONS = ("auto", "none", "sigmoid", "softmax")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -126,6 +127,10 @@ def check_dlcore_config(config: dict, *, where: str = "config.dlcore") -> dict:
         if post.get("type") not in POSTPROCESS_DEFAULTS:
             raise ModelError(f"{where}.postprocess.type={post.get('type')!r} must be one of {tuple(POSTPROCESS_DEFAULTS)}")
         cfg["postprocess"] = {**POSTPROCESS_DEFAULTS[post["type"]], **post}
+    if kind == "pixel_classifier":
+        from dlcore.pixels.package import check_pixel_config
+
+        check_pixel_config(cfg, where)
     if kind == "patch_classification":
         patch = cfg.get("patch_size")
         if not isinstance(patch, int) or patch < 8:

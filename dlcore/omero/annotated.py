@@ -10,9 +10,15 @@
 - ``classification``: every ROI's bounding box is a crop with the ROI's class (or, with classes from
   image tags, with the image's class); an image without ROIs is used whole at the chosen level.
 
-A ROI's class comes from its name (else its first shape's text), or from a tag linked to the ROI
-(``class_source="roi_tag"``), or from a tag on the image (``"image_tag"``).  ROIs that dlcore wrote
-(description ``dlcore:...``) are results, not annotations, and are skipped unless asked for.
+A ROI's class comes from its name (else its first shape's text), from its shapes' text (the
+"comment" OMERO.iviewer shows, ``class_source="roi_comment"``), from a tag linked to the ROI
+(``"roi_tag"``), or from a tag on the image (``"image_tag"``).  ROIs that dlcore wrote (description
+``dlcore:...``) are results, not annotations, and are skipped unless asked for.
+
+:func:`image_strokes` reads an image's ROIs as sparse labels for a pixel classifier
+(:class:`~dlcore.pixels.scribbles.Stroke` values in full-resolution pixels, one per shape): polygons,
+rectangles and ellipses are filled, lines and polylines drawn ``strokeWidth`` pixels wide, points
+drawn as small disks, masks placed as they are.
 
 Only the annotated regions are read: the ROIs' bounding boxes plus ``margin`` pixels, nearby ROIs
 merged into one region, at the chosen resolution level, through :class:`~dlcore.omero.slide.OmeroSlide`.
@@ -20,6 +26,7 @@ Each region is one sample whose ``group`` is the image, so an image never stradd
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,8 +34,10 @@ import numpy as np
 
 from dlcore.errors import InputError, OmeroError, ParameterError
 from dlcore.omero.shapes import ShapeGeometry, shape_geometry, shape_kind
+from dlcore.omero.shapes import _v as _sv
 
-CLASS_SOURCES = ("roi_name", "roi_tag", "image_tag")
+CLASS_SOURCES = ("roi_name", "roi_comment", "roi_tag", "image_tag")
+STROKE_CLASS_SOURCES = ("roi_name", "roi_comment", "roi_tag")  # a pixel classifier's labels: per ROI or shape
 TASKS = ("semantic", "instances", "classification")
 DLCORE_ROI_PREFIX = "dlcore:"
 
@@ -46,7 +55,8 @@ class AnnotationOptions:
     Attributes
     ----------
     task : ``"semantic"``, ``"instances"`` or ``"classification"``.
-    class_source : ``"roi_name"`` (ROI name, else shape text), ``"roi_tag"`` or ``"image_tag"``.
+    class_source : ``"roi_name"`` (ROI name, else shape text), ``"roi_comment"`` (the shapes' text),
+        ``"roi_tag"`` or ``"image_tag"``.
     classes : class names in class-id order; None = the sorted names found.
     level : resolution level read (0 = full resolution, 1 = the next smaller, ...).
     margin : pixels (at ``level``) added around the ROIs of a segmentation region.
@@ -127,7 +137,8 @@ def read_rois(conn, image_id: int, options: AnnotationOptions) -> tuple[list[Ann
             except InputError as exc:
                 skipped_shapes.append(f"ROI {int(_v(roi.getId()))} {shape_kind(shape)}: {exc}")
         if shapes:
-            name = _roi_name(roi) if options.class_source == "roi_name" else None
+            name = (_roi_name(roi) if options.class_source == "roi_name" else
+                    _roi_comment(roi) if options.class_source == "roi_comment" else None)
             rois.append(AnnotatedRoi(int(_v(roi.getId())), name, shapes))
     if skipped_dlcore:
         notes.append(f"{skipped_dlcore} ROIs written by dlcore (results, not annotations) skipped")
@@ -149,6 +160,20 @@ def _roi_name(roi) -> str | None:
         if text:
             return text
     return None
+
+
+def _shape_text(shape) -> str | None:
+    """A shape's text (its "comment" in OMERO.iviewer, "text" in OMERO.insight), None when empty."""
+    return str(_v(getattr(shape, "getTextValue", lambda: None)()) or "").strip() or None
+
+
+def _roi_comment(roi) -> str | None:
+    """The one text of the ROI's shapes; InputError when its shapes name different classes."""
+    texts = list(dict.fromkeys(t for t in (_shape_text(s) for s in roi.copyShapes()) if t))
+    if len(texts) > 1:
+        raise InputError(f"ROI {int(_v(roi.getId()))} has shapes with the comments {', '.join(map(repr, texts))}: "
+                         "which class is it? Give its shapes one comment, or split it into one ROI per class")
+    return texts[0] if texts else None
 
 
 def _roi_tags(query, roi_ids: list[int]) -> dict[int, list[str]]:
@@ -174,6 +199,139 @@ def _pick_tag(tags: list[str], classes: tuple[str, ...] | None, what: str) -> st
         raise InputError(f"{what} has the tags {', '.join(tags)}, none of which is a class ({', '.join(classes)}); "
                          "tag it with one of the classes, or add its tag to the classes")
     return candidates[0] if candidates else None
+
+
+def _how_to_classify(class_source: str) -> str:
+    return {"roi_name": "name the ROIs with their class",
+            "roi_comment": "give their shapes the class as comment (text)"}.get(class_source,
+                                                                                "tag the ROIs with their class")
+
+
+# -- pixel-classifier labels -----------------------------------------------------------------
+LINE_WIDTH = 3.0  # pixels: a line or polyline without a stroke width
+POINT_RADIUS = 2.0  # pixels: the disk a point labels
+
+
+def _stroke_width(shape, default: float) -> float:
+    """The shape's ``strokeWidth`` in pixels (OMERO.iviewer and insight store it in pixels); ``default``
+    when unset, not positive or in another unit."""
+    width = getattr(shape, "getStrokeWidth", lambda: None)()
+    if width is None:
+        return default
+    unit = getattr(width, "getUnit", lambda: None)()
+    value = float(_sv(width, 0.0) or 0.0)
+    if unit is not None and str(unit) != "PIXEL":
+        return default
+    return value if value > 0 else default
+
+
+def shape_stroke(shape, label: str, *, line_width: float = LINE_WIDTH, point_radius: float = POINT_RADIUS):
+    """One ``omero.model`` shape as a :class:`~dlcore.pixels.scribbles.Stroke` of class ``label``, in the
+    image's full-resolution pixels (the shape's transform applied).
+
+    Polygon, Rectangle and Ellipse -> ``polygon`` (filled); Polyline and Line -> ``line``, as wide as the
+    shape's stroke width in pixels (``line_width`` when it has none); Point -> ``point`` (a disk of
+    ``point_radius``); Mask -> ``mask``.  Raises :class:`InputError` for a Label (text only) or a shape
+    without its coordinates.
+    """
+    from dlcore.omero.shapes import _transform, parse_points
+    from dlcore.pixels.scribbles import Stroke
+
+    kind = shape_kind(shape)
+    if kind in ("Polygon", "Rectangle", "Ellipse"):
+        outline = shape_geometry(shape).outline
+        return Stroke(label, "polygon", tuple((float(x), float(y)) for x, y in outline))
+    if kind == "Mask":
+        geometry = shape_geometry(shape)
+        x0, y0 = geometry.outline[0]
+        return Stroke(label, "mask", ((float(x0), float(y0)),), mask=geometry.mask)
+    if kind in ("Polyline", "Line"):
+        if kind == "Line":
+            coords = [_sv(g(), None) for g in (shape.getX1, shape.getY1, shape.getX2, shape.getY2)]
+            if any(c is None for c in coords):
+                raise InputError("a line without its end points")
+            points = np.asarray(coords, np.float64).reshape(2, 2)
+        else:
+            points = parse_points(_sv(shape.getPoints(), "") or "")
+            if len(points) < 2:
+                raise InputError("a polyline needs at least 2 points")
+        points = _transform(shape, points)
+        return Stroke(label, "line", tuple((float(x), float(y)) for x, y in points),
+                      width=_stroke_width(shape, line_width))
+    if kind == "Point":
+        x, y = _sv(shape.getX(), None), _sv(shape.getY(), None)
+        if x is None or y is None:
+            raise InputError("a point without coordinates")
+        [(px, py)] = _transform(shape, np.array([[float(x), float(y)]]))
+        return Stroke(label, "point", ((float(px), float(py)),), radius=point_radius)
+    raise InputError(f"{kind} shapes label no pixels; draw polygons, rectangles, ellipses, lines, polylines, "
+                     "points or masks")
+
+
+def image_strokes(conn, image_id: int, *, class_source: str = "roi_name", classes: tuple[str, ...] | None = None,
+                  include_dlcore_rois: bool = False, line_width: float = LINE_WIDTH,
+                  point_radius: float = POINT_RADIUS) -> tuple[list, list[str]]:
+    """The image's ROI shapes as pixel-classifier labels, and notes on what was skipped.
+
+    Parameters
+    ----------
+    class_source
+        ``"roi_name"`` (the ROI's name, else the shape's text, else another shape's text of the ROI),
+        ``"roi_comment"`` (each shape's own text: OMERO.iviewer's comment) or ``"roi_tag"`` (the tag
+        on the ROI; with several tags, the one among ``classes``).
+    classes
+        The classes to pick ROI tags from (None: a ROI must have one tag).
+    include_dlcore_rois
+        Also use ROIs that dlcore wrote (description ``dlcore:...``; results, not annotations).
+    line_width, point_radius
+        Width of lines without a stroke width, and radius of points, in pixels.
+
+    Returns
+    -------
+    (strokes, notes)
+        One :class:`~dlcore.pixels.scribbles.Stroke` per usable shape, in full-resolution pixels,
+        labelled with its class; ``[]`` when the image has no ROIs.
+
+    Raises
+    ------
+    InputError
+        Shapes without a class (naming their ROIs and how to give them one), a ROI with two tags.
+    ParameterError
+        An unknown class source (image tags give one class per image, not per pixel).
+    """
+    if class_source not in STROKE_CLASS_SOURCES:
+        raise ParameterError(f"class source {class_source!r} cannot label pixels; use one of "
+                             f"{', '.join(STROKE_CLASS_SOURCES)} (a class per ROI or shape)")
+    query = conn.getQueryService()
+    found, notes, skipped_dlcore, skipped = [], [], 0, []
+    for roi in query.findAllByQuery(Q_ROIS, _params(iid=image_id), READ_CONTEXT):
+        if not include_dlcore_rois and str(_v(roi.getDescription()) or "").startswith(DLCORE_ROI_PREFIX):
+            skipped_dlcore += 1
+            continue
+        roi_id = int(_v(roi.getId()))
+        roi_name = str(_v(roi.getName()) or "").strip() or None
+        for shape in roi.copyShapes():
+            label = (roi_name or _shape_text(shape) or _roi_name(roi) if class_source == "roi_name" else
+                     _shape_text(shape) if class_source == "roi_comment" else None)
+            try:
+                found.append((roi_id, label, shape_stroke(shape, "", line_width=line_width, point_radius=point_radius)))
+            except InputError as exc:
+                skipped.append(f"ROI {roi_id} {shape_kind(shape)}: {exc}")
+    if skipped_dlcore:
+        notes.append(f"{skipped_dlcore} ROIs written by dlcore (results, not annotations) skipped")
+    if skipped:
+        notes.append(f"{len(skipped)} shapes skipped ({skipped[0]}{'...' if len(skipped) > 1 else ''})")
+    if class_source == "roi_tag" and found:
+        tags = _roi_tags(query, sorted({roi_id for roi_id, _, _ in found}))
+        picked = {roi_id: _pick_tag(tags.get(roi_id, []), classes, f"ROI {roi_id}") for roi_id, _, _ in found}
+        found = [(roi_id, picked[roi_id], stroke) for roi_id, _, stroke in found]
+    unnamed = sorted({roi_id for roi_id, label, _ in found if label is None})
+    if unnamed:
+        raise InputError(f"Image:{image_id}: ROIs {', '.join(map(str, unnamed[:10]))}"
+                         f"{' ...' if len(unnamed) > 10 else ''} have no class; {_how_to_classify(class_source)}, "
+                         "or delete them")
+    strokes = [dataclasses.replace(stroke, label=label) for _, label, stroke in found]
+    return strokes, notes
 
 
 # -- regions ---------------------------------------------------------------------------------
@@ -230,7 +388,7 @@ def collect_image(conn, image, options: AnnotationOptions) -> ImageAnnotations:
     elif options.task != "instances":
         unnamed = [r.roi_id for r in rois if r.cls is None]
         if unnamed:
-            how = "name the ROIs with their class" if options.class_source == "roi_name" else "tag the ROIs with their class"
+            how = _how_to_classify(options.class_source)
             raise InputError(f"Image:{image_id}: ROIs {', '.join(map(str, unnamed[:10]))} have no class; {how}, or "
                              "delete them")
     if not rois:

@@ -37,7 +37,8 @@ NS_TRAINING = "dlcore/training"
 NS_EXPORT = "dlcore/export"
 TASK_CHOICES = {"semantic segmentation": "semantic", "instance segmentation": "instances",
                 "classification": "classification"}
-CLASS_SOURCES = {"ROI name": "roi_name", "ROI tag": "roi_tag", "Image tag": "image_tag"}
+CLASS_SOURCES = {"ROI name": "roi_name", "ROI comment": "roi_comment", "ROI tag": "roi_tag",
+                 "Image tag": "image_tag"}
 FROM_SCRATCH = "(none: train from scratch)"
 #: TrainSpec fields a script user may set through ``Training_Parameters`` (the others have their own input).
 ADVANCED = ("steps_per_epoch", "batch_size", "lr", "weight_decay", "patch_size", "channels", "classifier_width",

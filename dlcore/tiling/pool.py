@@ -36,7 +36,8 @@ class TileWork:
     tile's :class:`~dlcore.tiling.tile_objects.TileObjects` instead of the labels; with ``render_text``
     its records carry their CSV and GeoJSON text (:mod:`dlcore.io.object_text`), for a sink that writes it.
     ``exclude`` (``--qc exclude``, :class:`~dlcore.qc.exclusion.Exclusion`): objects whose centroid lies
-    on an artefact are not found, and a label map without objects is set to background there.
+    on an artefact are not found, and a label map without objects is set to background there (a result
+    with a ``with_excluded(mask)`` method, e.g. class map and probabilities, clears itself).
     """
 
     postprocess: Callable[[object, np.ndarray], np.ndarray] | None = None
@@ -54,7 +55,11 @@ class TileWork:
         labels = raw if self.postprocess is None else self.postprocess(raw, window)
         excluded = None if self.exclude is None else self.exclude.window(*tile.window)
         if not self.find_objects:
-            if excluded is None or not isinstance(labels, np.ndarray):
+            if excluded is None:
+                return labels
+            if hasattr(labels, "with_excluded"):  # a result that carries more than labels (probabilities)
+                return labels.with_excluded(excluded)
+            if not isinstance(labels, np.ndarray):
                 return labels
             return np.where(excluded, 0, labels).astype(labels.dtype, copy=False)
         found = find_tile_objects(tile, window, labels, canvas_size=self.canvas_size, factor=self.factor,

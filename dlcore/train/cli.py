@@ -16,7 +16,9 @@ def register_cli(subparsers) -> None:
                     "report and the training provenance go into the new package's card.",
         formatter_class=HelpFormatter)
     p.add_argument("dataset", type=Path, help="dataset folder")
-    p.add_argument("--task", choices=("semantic", "instances", "classification"), required=True)
+    p.add_argument("--task", choices=("semantic", "instances", "classification", "pixels"), required=True,
+                   help="pixels: a random-forest pixel classifier from sparse labels (scribbles, GeoJSON "
+                        "annotations or a painted label image); trains in seconds, no GPU")
     p.add_argument("--name", required=True, help="model name in the registry (a new version if it exists)")
     p.add_argument("--base-model", help="start from this registered model (transfer learning)")
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N encoder stages of the base model")
@@ -36,6 +38,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--registry", type=Path, help="registry folder (default: the configured models_dir)")
     p.add_argument("--description", default="", help="one line for the model card")
     p.add_argument("--training-data", default="", help="what the images and annotations are (for the card)")
+    from dlcore.pixels.cli import add_pixel_arguments
+
+    add_pixel_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
@@ -52,6 +57,10 @@ def register_cli(subparsers) -> None:
 
 def cmd_train(args) -> int:
     """Run ``dlcore train``."""
+    if args.task == "pixels":
+        from dlcore.pixels.cli import train_pixels
+
+        return train_pixels(args, reproduce=_reproduce(args))
     from dlcore.config import load_config
     from dlcore.progress import TqdmProgress
     from dlcore.train.api import TrainSpec, train_model

@@ -192,10 +192,10 @@ def image_label_pairs(root: Path) -> list[tuple[Path, Path]]:
     A label is a mask image (PNG/TIFF, 0 = background) or an Aperio ImageScope ``.xml`` of outlines.
     Raises :class:`InputError` for an image without a label or an empty ``images/``.
     """
-    labels = {_stem(p): p for p in _image_files(root / "labels", LABEL_SUFFIXES)}
+    labels = {image_stem(p): p for p in _image_files(root / "labels", LABEL_SUFFIXES)}
     pairs = []
     for path in _image_files(root / "images"):
-        stem = _stem(path)
+        stem = image_stem(path)
         if stem not in labels:
             raise InputError(f"{path} has no label mask labels/{stem}.png|tif|xml")
         pairs.append((path, labels[stem]))
@@ -208,7 +208,8 @@ def _image_files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> li
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
 
 
-def _stem(path: Path) -> str:
+def image_stem(path: Path) -> str:
+    """A file's name without its image suffix (``.ome.tif`` and ``.ome.tiff`` count as one suffix)."""
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suffix):
@@ -261,7 +262,7 @@ def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str
         for path, label in image_label_pairs(root):
             image = read_image(path)
             samples.append(Sample(image, read_label(label, image.shape[:2]), None, str(path),
-                                  groups.get(_stem(path), _stem(path)), mpp))
+                                  groups.get(image_stem(path), image_stem(path)), mpp))
         if classes is None:
             if task == "instances":
                 classes = ("nucleus",)
@@ -274,7 +275,7 @@ def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str
         raise InputError(f"{root} has neither dataset.json, nor images/ + labels/, nor class folders with images")
     if task not in (None, "classification"):
         raise ParameterError(f"task={task!r}: {root} holds class folders, which make a 'classification' dataset")
-    samples = [Sample(read_image(p), None, folder.name, str(p), groups.get(_stem(p), _stem(p)), mpp)
+    samples = [Sample(read_image(p), None, folder.name, str(p), groups.get(image_stem(p), image_stem(p)), mpp)
                for folder in folders for p in _image_files(folder)]
     return AnnotatedDataset(tuple(samples), "classification", tuple(classes or (f.name for f in folders)))
 
