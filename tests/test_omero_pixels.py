@@ -373,3 +373,39 @@ def test_request_from_inputs():
         request_from_inputs({"Model_Name": "tissue", "Class_Source": "Image tag"})
     with pytest.raises(ParameterError, match="Classes tumour, tumour: name each class once"):
         PixelTrainingRequest(name="tissue", classes=("tumour", "tumour"))
+
+
+def test_run_model_applies_a_pixel_classifier_in_place(tmp_path):
+    """What Train_Pixel_Classifier registers, Run_Model runs: class label image, class outlines and
+    probabilities attached, key-values, on the double's demo slide."""
+    from omero.model import FileAnnotationI, MapAnnotationI
+
+    from dlcore.cli import main as cli_main
+    from dlcore.omero import annotations as ann
+    from dlcore.omero.workflows import run_on_objects
+    from dlcore.pixels.demo import write_scribble_demo
+    from omero_double import Server, demo_levels
+
+    registry = tmp_path / "registry"
+    folder = write_scribble_demo(tmp_path / "training")
+    assert cli_main(["train", str(folder), "--task", "pixels", "--name", "ihc-dab", "--scales", "1,2.5",
+                     "--trees", "12", "--registry", str(registry)]) == 0
+    server = Server()
+    group = server.add_group("lab", "rwra--")
+    alice = server.add_user("alice", [group])
+    dataset = server.add_dataset("slides", owner=alice, group=group)
+    image = server.add_image(demo_levels(tmp_path / "slide"), name="demo.ome.tif", owner=alice, group=group,
+                             dataset=dataset, channel_names=["R", "G", "B"])
+    conn = server.connect(alice, group)
+    [report] = run_on_objects(conn, "ihc-dab", "Image", [image], {}, config=Config(models_dir=registry))
+    assert report.ok, report.message
+    label_id = report.output_id("label image")
+    labels = server.pixels[server.pixels_of(label_id)][0][..., 0]
+    assert set(np.unique(labels)) <= {0, 1, 2, 3} and (labels > 0).mean() > 0.3
+    files = {server.get("OriginalFile", a.getFile().getId().getValue()).getName().getValue()
+             for a in server.annotations_of(image, FileAnnotationI)}
+    assert {"class_outlines.geojson", "probabilities.png", "probabilities.npy", "provenance.json"} <= files
+    [kv] = [a for a in server.annotations_of(image, MapAnnotationI) if a.getNs().getValue() == ann.namespace("ihc-dab")]
+    values = {nv.name: nv.value for nv in kv.getMapValue()}
+    assert values["task"] == "ihc-dab"
+    assert not server.open_stores
