@@ -213,8 +213,8 @@ def analyse_slide(
     tiles = make_grid(width, height, GridSpec(task.tile_size, task.halo), mask=analysed.mask if analysed else None)
 
     t0 = time.perf_counter()
-    samples = calibration_windows(slide, plan, info, analysed, count=options.calibration_samples,
-                                  size=options.calibration_size)
+    samples = (calibration_windows(slide, plan, info, analysed, count=options.calibration_samples,
+                                   size=options.calibration_size) if getattr(task, "calibrates", True) else [])
     task = task.prepare(samples)
     stage["calibrate_s"] = time.perf_counter() - t0
 

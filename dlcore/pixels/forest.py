@@ -192,10 +192,10 @@ class CompiledForest:
         return (total / len(self.trees)).astype(np.float32)
 
     def __getstate__(self) -> dict:  # send the arrays to worker processes, rebuild the trees there
-        return {"arrays": self.arrays, "threads": self.threads}
+        return {"arrays": self.arrays}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["arrays"], threads=state["threads"])
+        self.__init__(state["arrays"])  # the threads of where it lands: one in an engine worker
 
 
 def default_threads() -> int:

@@ -238,12 +238,13 @@ def _rdf(*, name, description, version, cfg, trained, files, authors, tags, lice
 
 def write_pixel_package(out_dir: str | Path, trained, *, name: str, version: str = "1.0.0", mpp: float | None = None,
                         example: np.ndarray, description: str = "", training_data: str = "", reproduce: str = "",
-                        tile_size: int = 512, authors=("dlcore",), tags=(), license: str = "CC-BY-4.0",
+                        tile_size: int = 1024, authors=("dlcore",), tags=(), license: str = "CC-BY-4.0",
                         extra_files: dict[str, str] | None = None) -> Path:
     """Write ``trained`` (:class:`~dlcore.pixels.training.TrainedPixelClassifier`) as a validated package.
 
     ``example`` is a raw ``(Y, X, C)`` training image: its centre becomes the test tensors and the
-    cover.  The folder is written beside ``out_dir`` and renamed into place only once bioimageio.spec
+    cover.  ``tile_size`` 1024: the halo (the features' radius) then adds 12 % to the pixels computed,
+    against 25 % at 512, for a window's features of about 450 MB (96 planes) per worker.  The folder is written beside ``out_dir`` and renamed into place only once bioimageio.spec
     accepted it and its TorchScript graph reproduced dlcore's test output, so nothing half-written is
     ever visible.  ``extra_files`` (name -> text, e.g. owner.json) are written before that rename.
     """

@@ -91,6 +91,7 @@ class _PixelTask:
     forest_sha256: str = ""
     all_classes: tuple[str, ...] = ()  # every class of the classifier (class_names: what the task reports)
     runs_in_process = True
+    calibrates = False  # nothing is fitted per slide: the features and the forest are fixed
 
     def check(self, info: SlideInfo) -> None:
         if len(info.channels) != self.in_channels:

@@ -20,6 +20,7 @@ Optional hooks the workflow uses when a task has them:
 - ``split_for_workers() -> (infer, postprocess)``: a task whose ``predict`` is a model then CPU work
   (a watershed): ``infer(windows)`` runs in the main process on the model's device and
   ``postprocess(raw, window) -> labels`` (picklable) in the workers;
+- ``calibrates``: False for a task whose ``prepare`` ignores its samples (none are read for it);
 - ``on_gpu``: True when the task's model runs on a GPU (the workers then get the other cores);
 - ``min_object_pixels``: the smallest object an instance task keeps; the stitcher applies it again to
   objects it had to trim where they overlap a neighbouring tile's object;
