@@ -154,3 +154,24 @@ def test_a_failed_upload_leaves_nothing(annotated, monkeypatch):
     assert "attaching" in fake.outputs["Message"].getValue() and "read-only" in fake.outputs["Message"].getValue()
     assert set(om.server.objects) == before
     monkeypatch.setattr(omero_double.UpdateService, "saveAndReturnArray", real)
+
+
+def test_a_failed_report_upload_unregisters_the_trained_model(annotated, monkeypatch, tmp_path):
+    """The Message says nothing was written: the model trained a moment ago is not left in the registry."""
+    om, images = annotated
+    import omero_double
+
+    registry = tmp_path / "registry"
+    monkeypatch.setenv("DLCORE_MODELS", str(registry))
+
+    def refuse_links(self, objs, ctx=None):
+        raise RuntimeError("database is read-only")
+    monkeypatch.setattr(omero_double.UpdateService, "saveAndReturnArray", refuse_links)
+    inputs = {"Data_Type": "Image", "IDs": images, "Task": "semantic segmentation", "Class_Source": "ROI name",
+              "Model_Name": "tumour-stroma", "Epochs": 1, "K_Folds": 1, "Region_Margin": 0,
+              "Training_Parameters": TINY}
+    fake = _exec_script("Train_Model.py", inputs, om.conn, monkeypatch)
+    message = fake.outputs["Message"].getValue()
+    assert message.startswith("Nothing was written: ") and "read-only" in message, message
+    assert not (registry / "tumour-stroma").exists()
+    assert not [p for p in registry.iterdir() if not p.name.startswith(".dlcore-registry")]

@@ -27,7 +27,7 @@ from pathlib import Path
 import omero.scripts as scripts
 from omero.rtypes import rstring
 
-from dlcore.errors import OmeroError, ParameterError
+from dlcore.errors import DlcoreError, OmeroError, ParameterError
 from dlcore.omero.deleting import delete_objects
 from dlcore.omero.scripts import parse_parameters, script_body
 
@@ -318,6 +318,9 @@ def train_on_objects(conn, data_type: str, ids, *, options, name: str, base_mode
                                             "metrics, confusion matrix, overlays (report.html inside)"),
             (card, "text/markdown", f"model card of {name} {version}: training data, metrics, limits"),
         ], datasets, NS_TRAINING)
+    except DlcoreError:
+        shutil.rmtree(result.package_path, ignore_errors=True)  # the message says nothing was written: make it true
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"result": result, "attached": attached, "datasets": [int(d.getId()) for d in datasets],
