@@ -57,13 +57,13 @@ def dlcore_fit_predict(train_image: np.ndarray, labels: np.ndarray, test_image: 
                        trees: int | None = None) -> np.ndarray:
     """dlcore's defaults (:mod:`dlcore.pixels`; ``trees`` overrides the forest's size): classes 1..n for
     every pixel of ``test_image``."""
-    from dlcore.pixels.features import FeatureSpec, compute_features, pixel_rows
+    from dlcore.pixels.features import FeatureSpec, compute_features, full_scale, pixel_rows
     from dlcore.pixels.forest import CompiledForest, ForestSettings
     from dlcore.pixels.training import LabelledImage, PixelTrainingOptions, train_pixel_classifier
 
-    max_value = 255.0 if train_image.dtype == np.uint8 else float(np.iinfo(train_image.dtype).max)
     forest = ForestSettings(**({"n_trees": trees} if trees else {}))
-    options = PixelTrainingOptions(features=FeatureSpec(max_value=max_value), forest=forest, holdout_fraction=0)
+    options = PixelTrainingOptions(features=FeatureSpec(max_value=full_scale(train_image.dtype)), forest=forest,
+                                   holdout_fraction=0)
     image = train_image if train_image.ndim == 3 else train_image[..., None]
     trained = train_pixel_classifier([LabelledImage("train", image, labels)], classes, options=options)
     test = test_image if test_image.ndim == 3 else test_image[..., None]

@@ -253,13 +253,6 @@ def _check_images(planned: list[_PlannedImage], request: PixelTrainingRequest) -
                              f"{sizes[-1]:g})")
 
 
-def _max_value(pixels_type: str) -> float:
-    import numpy as np
-
-    dtype = np.dtype({"float": "float32", "double": "float64"}.get(pixels_type, pixels_type))
-    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
-
-
 def _clusters(strokes, margin_level0: float) -> list[list]:
     """The strokes grouped into regions: those whose boxes (widened by the margin) overlap, together."""
     from dlcore.omero.annotated import merge_boxes
@@ -376,6 +369,7 @@ def train_pixels_on_objects(conn, data_type: str, ids, request: PixelTrainingReq
     from dlcore.omero.model_access import caller_of, owner_for_training
     from dlcore.omero.training import report_datasets
     from dlcore.omero.workflows import resolve_images
+    from dlcore.pixels.features import full_scale
     from dlcore.pixels.forest import ForestSettings
     from dlcore.pixels.package import IMPORTANCE_FILE, register_pixel_classifier
     from dlcore.pixels.training import PixelTrainingOptions, train_pixel_classifier
@@ -390,7 +384,7 @@ def train_pixels_on_objects(conn, data_type: str, ids, request: PixelTrainingReq
     datasets = report_datasets(images)  # where the card goes, checked before any pixel is read
     owner = owner_for_training(conn, data_type, list(ids))
     planned, classes, notes = _plan(conn, images, request, progress)
-    spec = request.feature_spec(_max_value(str(planned[0].image.getPixelsType())))
+    spec = request.feature_spec(full_scale(str(planned[0].image.getPixelsType())))
     margin = spec.radius()
     labelled, conflicting, channel_names = _read_training_images(conn, planned, classes, request, margin, progress)
     if conflicting:

@@ -58,8 +58,8 @@ def annotation_params(grouping: int) -> list:
                                    "image, is one example of its class)"),
         scripts.String("Class_Source", optional=False, grouping=f"{g + 1}", default="ROI name",
                        values=[rstring(c) for c in CLASS_SOURCES],
-                       description="Where each ROI's class is read: its name (or its shape's text), a tag on the ROI, "
-                                   "or a tag on the image (classification only)"),
+                       description="Where each ROI's class is read: its name (or its shape's text), its shapes' "
+                                   "comment (text), a tag on the ROI, or a tag on the image (classification only)"),
         scripts.String("Classes", grouping=f"{g + 2}",
                        description="Class names in order, separated by commas (e.g. 'tumour, stroma'); empty: every "
                                    "name found, sorted. A ROI with another class is an error"),

@@ -42,8 +42,10 @@ def add_pixel_arguments(parser) -> None:
 
 def train_pixels(args, *, reproduce: str) -> int:
     """Run ``dlcore train --task pixels``: read the labels, train, register the package, print the figures."""
+    import dataclasses
+
     from dlcore.config import load_config
-    from dlcore.pixels.features import FeatureSpec
+    from dlcore.pixels.features import FeatureSpec, full_scale
     from dlcore.pixels.forest import ForestSettings
     from dlcore.pixels.local_data import load_pixel_folder
     from dlcore.pixels.package import register_pixel_classifier
@@ -56,8 +58,7 @@ def train_pixels(args, *, reproduce: str) -> int:
     first = FeatureSpec(scales=_floats(args.scales), features=_names(args.features) or ())
     data = load_pixel_folder(args.dataset, classes=_names(args.classes), mpp=args.working_mpp,
                              margin=first.radius(), line_width=args.line_width)
-    max_value = 255.0 if data.dtype == "uint8" else 65535.0 if data.dtype == "uint16" else 1.0
-    spec = FeatureSpec(scales=first.scales, features=first.features, colour=args.colour, max_value=max_value)
+    spec = dataclasses.replace(first, colour=args.colour, max_value=full_scale(data.dtype))
     options = PixelTrainingOptions(
         features=spec, forest=ForestSettings(n_trees=args.trees, max_depth=args.max_depth or None, seed=args.seed),
         holdout_fraction=args.holdout, threads=args.threads)

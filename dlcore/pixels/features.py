@@ -51,6 +51,14 @@ MAX_SIGMA = 32.0
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 
 
+def full_scale(dtype) -> float:
+    """The value that maps to 1 in ``raw`` features for pixels of ``dtype``: an integer type's largest
+    value (255 for 8-bit, 65535 for 16-bit), 1.0 for floating-point images (OMERO's ``float`` and
+    ``double`` pixel types included)."""
+    dtype = np.dtype({"float": "float32", "double": "float64"}.get(str(dtype), dtype))
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
+
+
 def kernel_radius(sigma: float) -> int:
     """Half-width of the sampled Gaussian kernels at ``sigma``: ``TRUNCATE`` sigma rounded as
     ``scipy.ndimage.gaussian_filter`` rounds it (so the two give the same values), at least 1 px."""
@@ -229,11 +237,11 @@ def plane_features(plane: np.ndarray, spec: FeatureSpec) -> list[np.ndarray]:
         need_second = want & {"log", "hessian"}
         smooth = _sep(plane, g0, g0) if want & {"gaussian", "dog"} else None
         gx = gy = gxx = gyy = gxy = None
-        if need_first or need_second:
+        if "structure_tensor" in want:  # gx, gy come with the tensor, from the mirrored plane
+            tensor, gx, gy = _structure_tensor(plane, sigma, spec)
+        if need_second or (need_first and gx is None):
             rows0 = _sep(plane, one, g0)  # smoothed along y; filtered along x next
-            if "structure_tensor" in want:
-                tensor, gx, gy = _structure_tensor(plane, sigma, spec)
-            elif need_first:
+            if need_first and gx is None:
                 gx = _sep(rows0, g1, one)
                 gy = _sep(plane, g0, g1)
             if need_second:
@@ -248,7 +256,7 @@ def plane_features(plane: np.ndarray, spec: FeatureSpec) -> list[np.ndarray]:
             elif feature == "gradient":
                 out.append(cv2.magnitude(gx, gy))
             elif feature == "dog":
-                narrow = gaussian_kernels(DOG_RATIO * sigma)[0] if DOG_RATIO * sigma >= 0.1 else one
+                narrow = spec.kernels(DOG_RATIO * sigma)[0]
                 out.append(smooth - _sep(plane, narrow, narrow))
             elif feature == "structure_tensor":
                 out.extend(tensor)

@@ -165,8 +165,18 @@ class CompiledForest:
 
     def __init__(self, arrays: ForestArrays, *, threads: int | None = None) -> None:
         self.arrays = arrays
-        self.trees = arrays.sklearn_trees()
         self.threads = max(1, threads or default_threads())
+        self._trees: list | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def trees(self) -> list:
+        """scikit-learn's trees, rebuilt on first use: where the forest predicts (an engine worker), not
+        in the process that loaded the package and only hands it on."""
+        with self._lock:
+            if self._trees is None:
+                self._trees = self.arrays.sklearn_trees()
+            return self._trees
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, classes)`` float32 for ``x`` ``(N, F)`` (the mean of the trees' leaf
@@ -183,13 +193,14 @@ class CompiledForest:
             with lock:
                 total.__iadd__(leaf_values)
 
+        trees = self.trees
         if self.threads == 1:
-            for tree in self.trees:
+            for tree in trees:
                 run(tree)
         else:
             with ThreadPoolExecutor(self.threads) as pool:
-                list(pool.map(run, self.trees))
-        return (total / len(self.trees)).astype(np.float32)
+                list(pool.map(run, trees))
+        return (total / len(trees)).astype(np.float32)
 
     def __getstate__(self) -> dict:  # send the arrays to worker processes, rebuild the trees there
         return {"arrays": self.arrays}

@@ -137,10 +137,7 @@ def _painted(slide, label: Path, classes, mpp, name: str) -> LabelledImage:
     plan = plan_resolution(slide.info, mpp)
     w, h = plan.working_size(slide.info)
     info = slide.info
-    labels = labels_from_array(read_label(label, (info.height, info.width)), classes)
-    if labels.shape != (info.height, info.width):
-        raise InputError(f"{label.name} is {labels.shape[1]}x{labels.shape[0]} but {name} is {info.width}x{info.height}; "
-                         "a label image must have its image's size")
+    labels = labels_from_array(read_label(label, (info.height, info.width)), classes)  # size checked there
     if (h, w) != labels.shape:
         labels = cv2.resize(labels.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST).astype(np.int32)
     return LabelledImage(name=name, image=read_working(slide, plan, 0, 0, w, h), labels=labels)

@@ -24,7 +24,7 @@ import numpy as np
 
 from dlcore.errors import ParameterError, SlideError
 from dlcore.io.slide import SlideInfo
-from dlcore.pixels.features import FeatureSpec, compute_features, pixel_rows
+from dlcore.pixels.features import FeatureSpec, compute_features, full_scale, pixel_rows
 from dlcore.pixels.forest import CompiledForest
 from dlcore.tiling.stitch import SemanticStitcher
 
@@ -101,8 +101,8 @@ class _PixelTask:
         if self.features.colour in ("od", "hed") and info.dtype != "uint8":
             raise SlideError(f"pixel classifier {self.name!r} works on 8-bit RGB (colour {self.features.colour}), "
                              f"but {info.name} is {info.dtype}")
-        top = float(np.iinfo(info.dtype).max) if np.dtype(info.dtype).kind in "ui" else None
-        if self.features.colour == "raw" and top is not None and top > self.features.max_value:
+        top = full_scale(info.dtype)
+        if self.features.colour == "raw" and np.dtype(info.dtype).kind in "ui" and top > self.features.max_value:
             raise SlideError(f"pixel classifier {self.name!r} was trained on values up to {self.features.max_value:g} "
                              f"but {info.name} is {info.dtype} (up to {top:g}); train one on {info.dtype} images")
 
