@@ -66,3 +66,25 @@ def render_overview(
     Image.fromarray(out).save(path)
     return path
 
+
+
+def render_image_overview(thumb: np.ndarray, canvas, path: Path, *, max_side: int = 1200) -> Path:
+    """The slide's thumbnail and the predicted image (an :class:`~dlcore.io.image_canvas.ImageCanvas`,
+    finished) side by side in one PNG.  One channel is shown grey, two or more as the first three in red,
+    green and blue; each channel is stretched between its 1st and 99.5th percentile."""
+    from PIL import Image
+
+    rgb, _ = display_thumbnail(thumb, max_side)
+    h, w = rgb.shape[:2]
+    fitting = [i for i, level in enumerate(canvas.levels) if level.shape[1] >= h]
+    level = fitting[-1] if fitting else 0
+    values = canvas.values(level, 0, 0, canvas.levels[level].shape[2], canvas.levels[level].shape[1])
+    shown = []
+    for plane in values[:3]:
+        lo, hi = np.percentile(plane, [1, 99.5])
+        shown.append((np.clip((plane - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8))
+    picture = np.stack(shown * 3 if len(shown) == 1 else shown + [np.zeros_like(shown[0])] * (3 - len(shown)), axis=2)
+    picture = np.asarray(Image.fromarray(picture).resize((w, h), Image.BILINEAR))
+    gap = np.full((h, 8, 3), 255, np.uint8)
+    Image.fromarray(np.concatenate([rgb, gap, picture], axis=1)).save(path)
+    return path

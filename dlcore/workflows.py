@@ -27,7 +27,7 @@ from dlcore.errors import InputError, InvariantError, OutputError, ParameterErro
 from dlcore.io.labels import LabelCanvas
 from dlcore.io.sink import ResultSink, RunContext, RunOutputs
 from dlcore.io.slide import ResolutionPlan, Slide, SlideInfo, plan_resolution, read_working, with_mpp
-from dlcore.overview import render_overview
+from dlcore.overview import render_image_overview, render_overview
 from dlcore.tasks.auto import AutoTask
 from dlcore.tasks.base import Task
 from dlcore.progress import ProgressCallback
@@ -41,7 +41,7 @@ from dlcore.tiling.engine import run_tiles
 from dlcore.tiling.pool import PredictOne, TileWork, WorkerPool
 from dlcore.tiling.tile_objects import TileObjects
 from dlcore.tiling.grid import GridSpec, make_grid
-from dlcore.tiling.stitch import InstanceStitcher, SemanticStitcher
+from dlcore.tiling.stitch import ImageStitcher, InstanceStitcher, SemanticStitcher
 from dlcore.tiling.tissue import TissueMask, thumbnail, tissue_mask_from_thumbnail
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,20 @@ def _stitcher(task: Task, canvas: LabelCanvas, plan: ResolutionPlan, info: Slide
                                 min_pixels=int(getattr(task, "min_object_pixels", 0)), bounds=(info.width, info.height))
     if task.kind == "semantic":
         return SemanticStitcher(canvas, len(task.class_names))
-    raise InputError(f"task {task.name} has kind {task.kind!r}; the tile engine runs 'instances' and 'semantic' tasks")
+    if task.kind == "image":
+        return ImageStitcher(canvas)
+    raise InputError(f"task {task.name} has kind {task.kind!r}; the tile engine runs 'instances', 'semantic' and "
+                     "'image' tasks")
+
+
+def _new_canvas(task: Task, path: Path, width: int, height: int, *, reopen: bool = False):
+    """The run's canvas: a :class:`LabelCanvas`, or for an ``image`` task an :class:`ImageCanvas`."""
+    if task.kind == "image":
+        from dlcore.io.image_canvas import ImageCanvas
+
+        return ImageCanvas(path, width, height, task.output_channels, tile_size=task.tile_size, halo=task.halo,
+                           reopen=reopen)
+    return LabelCanvas(path, width, height, reopen=reopen)
 
 
 def analyse_slide(
@@ -290,12 +303,17 @@ def analyse_slide(
             raise RunStopped(f"{info.name}: stopped at a tile boundary after {done} of {len(tiles)} tiles: the time "
                              f"limit was reached. {kept}")
         t0 = time.perf_counter()
-        canvas.build_pyramid()
-        overview = render_overview(
-            thumb, _overview_labels(canvas, thumb.shape), scratch / "overview.png",
-            tissue=tissue.mask if tissue else None,
-            semantic_colors=_semantic_colors(task) if task.kind == "semantic" else None,
-        )
+        if task.kind == "image":
+            canvas.finalise(dtype=getattr(task, "output_dtype", "float32"), value_range=getattr(task, "value_range", None),
+                            progress=progress)
+            overview = render_image_overview(thumb, canvas, scratch / "overview.png")
+        else:
+            canvas.build_pyramid()
+            overview = render_overview(
+                thumb, _overview_labels(canvas, thumb.shape), scratch / "overview.png",
+                tissue=tissue.mask if tissue else None,
+                semantic_colors=_semantic_colors(task) if task.kind == "semantic" else None,
+            )
         stage["pyramid_overview_s"] = time.perf_counter() - t0
         summary = _summary(info, task, plan, tissue, tiles, stitcher, n_objects)
         if choice is not None:
@@ -312,8 +330,10 @@ def analyse_slide(
         provenance = _provenance(info, task, plan, options, tissue, summary, times, stage, started, choice)
         provenance["timings"]["analysis_s"] = round(time.perf_counter() - started, 3)  # before the final export
         t0 = time.perf_counter()
-        outputs = sink.finish(RunOutputs(labels=canvas, overview_png=overview, provenance=provenance, summary=summary,
-                                         tags=tuple(summary.get("tags", ())), extra_files=extra_files))
+        image = canvas if task.kind == "image" else None
+        outputs = sink.finish(RunOutputs(labels=None if image else canvas, image=image, overview_png=overview,
+                                         provenance=provenance, summary=summary, tags=tuple(summary.get("tags", ())),
+                                         extra_files=extra_files))
         provenance["timings"]["write_results_s"] = round(time.perf_counter() - t0, 3)
         provenance["timings"]["total_s"] = round(time.perf_counter() - started, 3)
     except BaseException as exc:
@@ -365,7 +385,7 @@ def _canvas_and_stitcher(task: Task, plan: ResolutionPlan, info: SlideInfo, size
     width, height = size
     if checkpoint is not None and checkpoint.resumed:
         try:
-            canvas = LabelCanvas(checkpoint.canvas_path, width, height, reopen=True)
+            canvas = _new_canvas(task, checkpoint.canvas_path, width, height, reopen=True)
             stitcher = _stitcher(task, canvas, plan, info)
             stitcher.restore_state(checkpoint.stitcher_state,
                                    redo_windows=[t.window for t in tiles[checkpoint.tiles_done:]])
@@ -374,7 +394,8 @@ def _canvas_and_stitcher(task: Task, plan: ResolutionPlan, info: SlideInfo, size
             log.warning("%s: the checkpoint %s cannot be read back (%s); starting from the first tile", info.name,
                         checkpoint.folder, exc)
             checkpoint.reset()
-    canvas = LabelCanvas(checkpoint.canvas_path if checkpoint is not None else scratch / "labels.zarr", width, height)
+    canvas = _new_canvas(task, checkpoint.canvas_path if checkpoint is not None else scratch / "labels.zarr", width,
+                         height)
     return canvas, _stitcher(task, canvas, plan, info), False
 
 
@@ -484,6 +505,8 @@ def _summary(info, task, plan, tissue, tiles, stitcher, n_objects) -> dict:
             summary["warnings"] = warnings
             for warning in warnings:
                 log.warning("%s: %s", info.name, warning)
+    elif task.kind == "image":
+        summary["predicted_image"] = _image_summary(stitcher.canvas)
     else:
         names = ("background", *task.class_names)
         area = (plan.working_mpp or 0) ** 2 / 1e6
@@ -494,6 +517,15 @@ def _summary(info, task, plan, tissue, tiles, stitcher, n_objects) -> dict:
     if summarize is not None:
         summary.update(summarize(stitcher))
     return summary
+
+
+def _image_summary(canvas) -> dict:
+    """The predicted image's channels, stored type, and the value range and scale of each channel."""
+    quant = canvas.quantisation
+    return {"channels": list(canvas.channels), "dtype": quant.dtype,
+            "value_range": {c: [round(lo, 6), round(hi, 6)] for c, (lo, hi) in zip(canvas.channels, quant.value_range)},
+            "range_measured": quant.measured, "scale": [float(v) for v in quant.scale],
+            "offset": [float(v) for v in quant.offset]}
 
 
 def check_object_area(info: SlideInfo, object_px: int, image_px: int, tissue_px: float) -> list[str]:

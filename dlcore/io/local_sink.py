@@ -8,6 +8,12 @@ Layout: ``<out>/<slide stem>/<run key>/`` holding
 - ``overview.png``: the outlines drawn over a thumbnail;
 - ``provenance.json``: dlcore version, task and parameters, input identity, timings, counts.
 
+An ``image`` task (denoising, image translation) writes ``prediction.ome.tif`` (or
+``prediction.ome.zarr``) instead: the predicted image, pyramidal, with its channel names and pixel size;
+its stored type and, for uint8 / uint16, the scale and offset that turn stored values into predicted ones
+(``value = offset + scale * stored``) are in ``provenance.json`` (summary ``predicted_image``).  It has no
+objects, so no ``objects.csv`` or ``objects.geojson``.
+
 Everything is written into a hidden ``.partial-*`` folder first and moved into place only when the
 run has finished, replacing the previous results of the same run key; a failed run removes its
 partial folder, so nothing half-written is ever left behind.  A run that was killed (``kill -9``, a
@@ -81,6 +87,8 @@ class LocalFolderSink:
                               "folder you can write to (-o)") from exc
         os.chmod(self._partial, 0o777 & ~current_umask())  # mkdtemp makes it private (0700)
         write_owner(self._partial)
+        if context.task_kind == "image":
+            return
         self._csv = open(self._partial / "objects.csv", "w", newline="")
         self._csv_writer = csv.writer(self._csv)
         self._csv_writer.writerow(object_columns(context.slide.channels))
@@ -88,6 +96,8 @@ class LocalFolderSink:
         self._geojson.write('{"type": "FeatureCollection", "features": [\n')
 
     def add_objects(self, objects: Sequence[ObjectRecord]) -> None:
+        if not objects:
+            return
         check_objects_inside(objects, self._context.slide)
         rows, features = [], []
         for obj in objects:
@@ -121,7 +131,9 @@ class LocalFolderSink:
         partial, final = self._partial, self._final
         written: dict[str, str] = {}
         mpp = self._context.working_mpp
-        if self.label_format == "none":
+        if outputs.image is not None:
+            written["predicted image"] = self._write_image(outputs.image, partial)
+        elif self.label_format == "none":
             pass
         elif self.label_format == "ome-tiff":
             outputs.labels.write_ome_tiff(partial / "labels.ome.tif", mpp=mpp, name=f"{self._context.run_key} labels")
@@ -133,13 +145,23 @@ class LocalFolderSink:
         for name, path in outputs.extra_files.items():
             shutil.copyfile(path, partial / Path(path).name)
             written[name] = Path(path).name
-        written.update({"measurements": "objects.csv", "outlines": "objects.geojson", "overview": "overview.png",
-                        "provenance": "provenance.json"})
+        if self._csv is not None:
+            written.update({"measurements": "objects.csv", "outlines": "objects.geojson"})
+        written.update({"overview": "overview.png", "provenance": "provenance.json"})
         (partial / "provenance.json").write_text(json.dumps(outputs.provenance, indent=2, default=str))
         self._replace(final, partial)
         owner_file(partial).unlink(missing_ok=True)
         self._partial = None
         return {name: str(final / file) for name, file in written.items()}
+
+    def _write_image(self, image, partial: Path) -> str:
+        """The predicted image in the sink's format (OME-Zarr when labels would be, else OME-TIFF)."""
+        mpp, name = self._context.working_mpp, f"{self._context.run_key} prediction"
+        if self.label_format == "ome-zarr":
+            image.write_ome_zarr(partial / "prediction.ome.zarr", mpp=mpp, name=name)
+            return "prediction.ome.zarr"
+        image.write_ome_tiff(partial / "prediction.ome.tif", mpp=mpp, name=name)
+        return "prediction.ome.tif"
 
     @staticmethod
     def _replace(final: Path, partial: Path) -> None:

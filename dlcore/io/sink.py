@@ -40,18 +40,20 @@ class RunContext:
 class RunOutputs:
     """Slide-wide results handed to :meth:`ResultSink.finish`.
 
-    ``labels`` is the :class:`~dlcore.io.labels.LabelCanvas` (pyramid built); ``overview_png`` a
+    ``labels`` is the :class:`~dlcore.io.labels.LabelCanvas` (pyramid built), or None for an ``image``
+    task, whose finished :class:`~dlcore.io.image_canvas.ImageCanvas` is ``image``; ``overview_png`` a
     picture of the results over a thumbnail; ``provenance`` the JSON-serialisable record of the run;
     ``summary`` the counts and measurements a person reads first (also inside ``provenance``);
     ``tags`` names of classification results to tag the image with.
     """
 
-    labels: object
+    labels: object | None
     overview_png: Path
     provenance: dict
     summary: dict
     tags: tuple[str, ...] = ()
     extra_files: dict[str, Path] = field(default_factory=dict)
+    image: object | None = None
 
 
 @runtime_checkable

@@ -1,12 +1,18 @@
 """What a task is: the unit of analysis the tile engine runs over a slide.
 
 A task turns a batch of ``(Y, X, C)`` tile windows (working resolution, halo included) into a batch
-of ``(Y, X)`` integer maps.  Its ``kind`` says how the engine reads them:
+of ``(Y, X)`` integer maps, or for ``image`` tasks of ``(C, Y, X)`` float values.  Its ``kind`` says how
+the engine reads them:
 
 - ``"instances"``: each map holds object ids local to the tile (0 = background); the engine stitches
   them slide-wide with the ownership rule and measures every object;
 - ``"semantic"``: each map holds class indices (0 = background); the engine crops the halo away and
-  counts per-class areas.
+  counts per-class areas;
+- ``"image"``: each result holds ``(C, Y, X)`` predicted values for the whole window (denoising, image
+  translation); the engine cross-fades overlapping tiles (:mod:`dlcore.io.image_canvas`, which needs
+  ``2 * halo <= tile_size``) and writes a pyramidal image of ``output_channels`` in the task's
+  ``output_dtype`` (float32, or uint16 / uint8 with a recorded scale and offset), over its
+  ``value_range`` when the task knows it (else the range measured on the slide).
 
 Tasks are frozen dataclasses; :meth:`Task.prepare` returns a copy calibrated on sample windows of
 the slide (e.g. a threshold) so that every tile is processed with the same, slide-wide settings.
@@ -38,7 +44,7 @@ import numpy as np
 
 from dlcore.io.slide import SlideInfo
 
-TaskKind = Literal["instances", "semantic"]
+TaskKind = Literal["instances", "semantic", "image"]
 
 
 @runtime_checkable

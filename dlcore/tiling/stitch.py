@@ -177,3 +177,26 @@ class SemanticStitcher:
         their own cores, so nothing on the canvas needs clearing."""
         self.class_pixels = np.asarray(state["class_pixels"], dtype=np.int64).copy()
 
+
+
+class ImageStitcher:
+    """Hands each tile's ``(C, Y, X)`` predicted values to an :class:`~dlcore.io.image_canvas.ImageCanvas`,
+    which blends overlapping tiles (an ``image`` task: denoising, image translation)."""
+
+    def __init__(self, canvas) -> None:
+        self.canvas = canvas
+        self.tiles = 0
+
+    def add(self, tile: Tile, window: np.ndarray, values: np.ndarray) -> list[ObjectRecord]:
+        self.canvas.add(tile, values)
+        self.tiles += 1
+        return []
+
+    def checkpoint_state(self) -> dict:
+        """What :meth:`restore_state` needs to continue after the tiles stitched so far."""
+        return {"tiles": self.tiles}
+
+    def restore_state(self, state: dict, *, redo_windows=()) -> None:
+        """Continue from :meth:`checkpoint_state`'s ``state``.  A tile redone overwrites its own values in its
+        plane of the canvas (see :mod:`dlcore.io.image_canvas`), so nothing needs clearing."""
+        self.tiles = int(state["tiles"])
