@@ -1,0 +1,21 @@
+"""Deep Learning > Labels From Marker: training labels derived from a marker (IHC, fluorescence) as ROIs.
+
+The ROIs are named with their class, so Train Model (Class_Source = ROI name) learns from them as it does
+from hand-drawn ones; a re-run replaces them.
+"""
+from dlcore.omero import marker_labels
+from dlcore.omero import scripts as dls
+
+if __name__ == "__main__":
+    client = dls.client(
+        "Labels_From_Marker.py",
+        "Derive training labels from a marker instead of drawing them: a stain of the selected Images (DAB, by "
+        "colour deconvolution), one of their channels, or a second image of the same section (a re-stain, a "
+        "fluorescence scan) given by its ID and registered onto each selected image first. The marker is "
+        "thresholded (Otsu's threshold, or yours) into 'positive' regions, split into objects, or used to name "
+        "every nucleus 'positive' or 'negative'. The labels are written as ROIs named with their class (a re-run "
+        "replaces them), with key-value pairs recording the marker, threshold and registration; train a model on "
+        "them with Train Model (Class_Source = ROI name).",
+        *dls.target_params(), *marker_labels.marker_label_params(3),
+    )
+    dls.run_script_file(client, marker_labels.marker_labels_script)
