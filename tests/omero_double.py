@@ -15,6 +15,11 @@ BlitzGateway wrappers are client-side, as in omero-py:
 - the RawPixelsStore numbers resolution levels the OMERO way round (``levels - 1`` is full
   resolution, descriptions largest first), has a tile size per level, returns big-endian bytes one
   channel at a time, and counts as open until closed;
+- images the server creates (``IPixels.createImage``) are written as OMERO.server 5.6 writes them:
+  above 3192 x 3192 as a pyramid (8- and 16-bit only, 256 x 256 tiles on the grid, in order, read-only once
+  saved), below it as a ROMIO buffer (whole-row tiles at x = 0), and displayed through a RenderingEngine
+  whose windows and colours are kept (:class:`RenderingEngine`; the rules and their sources are at
+  :data:`MAX_PLANE_PIXELS`);
 - deleting cascades like OMERO's Delete2 for the graphs dlcore deletes.
 
 Every service call is counted in :attr:`Server.calls` (``"Service.method"``), which the
@@ -37,15 +42,16 @@ import omero.cmd
 import omero.grid
 from omero.gateway import ServiceOptsDict
 from omero.model import (
-    DatasetAnnotationLinkI, DatasetI, DatasetImageLinkI, ExperimenterGroupI, ExperimenterI, FileAnnotationI, ImageAnnotationLinkI, ImageI,
-    LengthI, MapAnnotationI, OriginalFileI, PermissionsI, PixelsI, PixelsTypeI, ProjectDatasetLinkI, ProjectI,
-    RoiAnnotationLinkI, RoiI, TagAnnotationI,
+    ChannelI, DatasetAnnotationLinkI, DatasetI, DatasetImageLinkI, ExperimenterGroupI, ExperimenterI, FileAnnotationI,
+    ImageAnnotationLinkI, ImageI, LengthI, LogicalChannelI, MapAnnotationI, OriginalFileI, PermissionsI, PixelsI,
+    PixelsTypeI, ProjectDatasetLinkI, ProjectI, RoiAnnotationLinkI, RoiI, TagAnnotationI,
 )
 from omero.model.enums import UnitsLength
 from omero.rtypes import rint, rlong, rstring
 
 from dlcore.omero.annotated import Q_IMAGE_TAGS, Q_ROI_TAGS, Q_ROIS
 from dlcore.omero.annotations import Q_RUN_LINKS, Q_RUN_ROIS, Q_TAG
+from dlcore.omero.image_output import Q_PIXELS_CHANNELS
 from dlcore.omero.label_image import Q_IMAGE_PIXELS, Q_PIXELS_TYPE
 from dlcore.omero.journal import GRAPHS as OWNED_ID_GRAPHS, Q_OWNED_IDS
 from dlcore.omero.qc_table import Q_DATASET_QC_LINKS
@@ -123,6 +129,10 @@ class Server:
         self.cancelled: list[dict] = []  # the targets of every Delete2 closed before it completed
         self.members: dict[int, set[int]] = defaultdict(set)  # group id -> user ids
         self.admins: set[int] = set()  # user ids of OMERO administrators
+        self.created_pixels: set[int] = set()  # pixels made by IPixels.createImage (no original file)
+        self.pyramid_writes: dict[int, dict] = {}  # pixels id -> where a pyramid's sequential writing stands
+        self.pixels_written: set[int] = set()  # created pixels whose file exists (tiles were written)
+        self.rendering: dict[tuple[int, int], dict] = {}  # (pixels id, user id) -> saved rendering settings
 
     # -- setting up -------------------------------------------------------------------------------
     def new_id(self, table: str) -> int:
@@ -396,6 +406,13 @@ class _Session:
         self.conn.check_session()
         return serve(omero.api.RawPixelsStore, omero.api.RawPixelsStorePrx, RawPixelsStore(self.conn))
 
+    def createRenderingEngine(self, ctx=None):
+        from ice_served import serve
+
+        self.conn.server.calls["Session.createRenderingEngine"] += 1
+        self.conn.check_session()
+        return serve(omero.api.RenderingEngine, omero.api.RenderingEnginePrx, RenderingEngine(self.conn))
+
     def sharedResources(self, ctx=None):
         from ice_served import serve
 
@@ -570,7 +587,11 @@ class ImageWrapper(Wrapper):
 
     def getChannelLabels(self):
         names = getattr(self._conn.server, "channel_names", {}).get(self.getId())
-        size_c = self._obj.getPrimaryPixels().getSizeC().getValue()
+        pixels = self._obj.getPrimaryPixels()
+        size_c = pixels.getSizeC().getValue()
+        if not names and pixels.sizeOfChannels():  # an image the server created: its LogicalChannels' names
+            names = [_val(c.getLogicalChannel().getName()) for c in pixels.copyChannels()]
+            names = [n if n else str(i) for i, n in enumerate(names)]
         return list(names) if names else [str(i) for i in range(size_c)]  # OMERO falls back to indices
 
     def listParents(self):
@@ -587,6 +608,16 @@ class UpdateService:
 
     def _save(self, obj, group: int):
         server, user = self.server, self.conn.user
+        if isinstance(obj, LogicalChannelI) and obj.getId() is not None:  # a channel renamed
+            stored = server.get("LogicalChannel", obj.getId().getValue())
+            if stored is None or not server.can_see(user, stored):
+                raise omero.ValidationException(None, None, f"LogicalChannel:{obj.getId().getValue()} does not exist")
+            if server.owner_group(stored)[1] != group:
+                raise omero.SecurityViolation(None, None, "cannot save a LogicalChannel of another group")
+            if not server.can_link(user, stored):
+                raise omero.SecurityViolation(None, None, "only the owner may rename another user's channels")
+            stored.setName(obj.getName())
+            return stored
         if isinstance(obj, PixelsI) and obj.getId() is not None:  # an update of existing pixels
             stored = server.get("Pixels", obj.getId().getValue())
             stored.setPhysicalSizeX(obj.getPhysicalSizeX())
@@ -633,6 +664,12 @@ class UpdateService:
     @_counted("IUpdate")
     def saveObject(self, obj, ctx=None):
         self._save(obj, self.conn.save_group(ctx))
+
+    @_counted("IUpdate")
+    def saveArray(self, objs, ctx=None):
+        group = self.conn.save_group(ctx)
+        for o in objs:
+            self._save(o, group)
 
     @_counted("IUpdate")
     def saveAndReturnArray(self, objs, ctx=None):
@@ -698,10 +735,15 @@ class QueryService:
     def findByQuery(self, query, params, ctx=None):
         p = _params(params)
         if query == Q_PIXELS_TYPE:
+            if p["value"] not in BIG_ENDIAN:  # OMERO's names ("float", not "float32"): anything else finds nothing
+                return None
             ptype = PixelsTypeI()
             ptype.setValue(rstring(p["value"]))
             return ptype
-        if query == Q_IMAGE_PIXELS:
+        if query in (Q_IMAGE_PIXELS, Q_PIXELS_CHANNELS):
+            image = self.server.get("Image", p["iid"])
+            if image is None or not self.server.can_see(self.conn.user, image):
+                return None
             return self.server.get("Pixels", self.server.pixels_of(p["iid"]))
         raise NotImplementedError(f"the double does not know the query {query!r}")
 
@@ -738,24 +780,90 @@ class PixelsService:
 
     @_counted("IPixels")
     def createImage(self, sizeX, sizeY, sizeZ, sizeT, channelList, pixelsType, name, description, ctx=None):
+        """``IPixels.createImage`` (omero-server ``PixelsImpl``): any size and type is accepted here (what the
+        pixel buffer cannot hold fails when the pixels are written, :meth:`RawPixelsStore.setPixelsId`); an
+        empty channel list is refused; one Channel with an unnamed LogicalChannel per entry."""
         group = self.conn.save_group(ctx)  # served over real Ice: the argument types were checked by Ice
+        if not channelList:
+            raise omero.ValidationException(None, None, "Channel list must be filled.")
+        if pixelsType is None or _val(pixelsType.getValue()) not in BIG_ENDIAN:
+            raise omero.ValidationException(None, None, f"no such PixelsType: {pixelsType}")
+        if min(sizeX, sizeY, sizeZ, sizeT) < 1:
+            raise omero.ValidationException(None, None, f"sizes must be positive: {sizeX}x{sizeY}x{sizeZ}x{sizeT}")
         dtype = np.dtype(BIG_ENDIAN[pixelsType.getValue().getValue()]).newbyteorder("=")
         levels = [np.zeros((sizeY, sizeX, len(channelList)), dtype)]
         image_id = self.server.add_image(levels, name=name, owner=self.conn.user, group=group, mpp=None,
                                          pixels_type=pixelsType.getValue().getValue())
         self.server.get("Image", image_id).setDescription(rstring(description))
+        pixels = self.server.get("Pixels", self.server.pixels_of(image_id))
+        for _ in channelList:
+            channel = ChannelI()
+            logical = LogicalChannelI()
+            self.server.store(logical, owner=self.conn.user, group=group)
+            channel.setLogicalChannel(logical)
+            self.server.store(channel, owner=self.conn.user, group=group)
+            pixels.addChannel(channel)
+        self.server.created_pixels.add(pixels.getId().getValue())
         return rlong(image_id)
-
 
     @_counted("IPixels")
     def setChannelGlobalMinMax(self, pixelsId, channelIndex, minValue, maxValue, ctx=None):
+        """``PixelsImpl.setChannelGlobalMinMax``: the channel's StatsInfo (``pixels.getChannel(index)``: an
+        index past the last fails on the server)."""
+        pixels = self.server.get("Pixels", int(pixelsId))
+        if pixels is None or not self.server.can_see(self.conn.user, pixels):
+            raise omero.ValidationException(None, None, f"Pixels:{pixelsId} does not exist")
+        if not 0 <= channelIndex < pixels.getSizeC().getValue():
+            raise omero.InternalException(None, None, f"IndexOutOfBoundsException: channel {channelIndex} of "
+                                          f"{pixels.getSizeC().getValue()}")
         self.server.channel_ranges[(int(pixelsId), channelIndex)] = (minValue, maxValue)
 
 
-#: OMERO.server writes an image above max_plane_width x max_plane_height (3192 x 3192 by default) that has
-#: no original file as a BfPyramidPixelBuffer (omero-romio PixelsService), which holds these types only
+#: How OMERO.server 5.6 stores the pixels of an image it created (no original file), read in omero-romio
+#: ``ome/io/nio/PixelsService.java`` (``_getPixelBuffer``, ``requiresPixelsPyramid``), ``ConfiguredTileSizes``,
+#: ``RomioPixelBuffer`` and ``ome/io/bioformats/BfPyramidPixelBuffer.java``, omero-server
+#: ``ome/services/RawPixelsBean.java`` and ome-model-documentation ``omero-pyramid/index.rst``:
+#:
+#: - ``IPixels.createImage`` accepts any size and pixel type; the pixel buffer is made when a RawPixelsStore
+#:   is pointed at the pixels (``setPixelsId`` -> ``getPixelBuffer(pixels, write=True)``).
+#: - sizeX * sizeY above max_plane_width * max_plane_height (3192 x 3192 by default) needs a pyramid: a
+#:   ``BfPyramidPixelBuffer``, a JPEG-2000 tiled TIFF that holds uint8 and uint16 only ("Images with pixel
+#:   type uint32, float or double cannot be converted to an OMERO pyramid"; JPEG-2000 has no signed types
+#:   either).  float and double are exempt from the pyramid while ``omero.pixeldata.max_plane_float_override``
+#:   is on (the default): the server then writes one uncompressed ROMIO plane, which it never tiles for
+#:   viewing.  The double refuses those too (stricter than the server: dlcore never writes such an image).
+#: - A pyramid being written reports the configured tile size, 256 x 256 (``getTileSize`` in write mode).
+#:   Its writer takes each plane's tile size from that plane's first ``setTile`` and writes sequentially
+#:   (``setWriteSequentially(true)``, a new IFD when z/c/t changes); the double therefore takes tiles only
+#:   on the 256 grid, full-size except at the right and bottom edges, plane after plane, row-major, once
+#:   each (stricter: the server does not check the order, it writes a broken file).  Any read
+#:   (``save()`` computes the SHA-1, ``getTile``) closes the writer: later ``setTile`` calls fail ("In
+#:   read-only mode!").
+#: - Below the limit a ``RomioPixelBuffer``: ``getTileSize`` is (sizeX, min(sizeY, 1 MiB / bytes per pixel /
+#:   sizeX)) and ``setTile`` takes only whole rows at x = 0 ("ROMIO pixel buffer only supports 0 offseted
+#:   tile writes" / "full row writes").
+#: - Tiles are big-endian (``BfPyramidPixelBuffer`` byte order, ROMIO files).  Neither buffer checks that the
+#:   byte count is w * h * bytes per pixel (a short one leaves zeros, a long one spills into the next
+#:   rows); the double refuses any other length.
 MAX_PLANE_PIXELS = 3192 * 3192
-PYRAMID_TYPES = {"int8", "uint8", "int16", "uint16"}
+PYRAMID_TYPES = {"uint8", "uint16"}
+PYRAMID_TILE = (256, 256)  # omero.pixeldata.tile_width / tile_height
+ROMIO_BUFFER = 1048576  # RomioPixelBuffer.MAXIMUM_BUFFER_SIZE
+TYPE_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535),
+               "int32": (-2 ** 31, 2 ** 31 - 1), "uint32": (0, 2 ** 32 - 1), "bit": (0, 1),
+               "float": (-3.4028234663852886e38, 3.4028234663852886e38),
+               "double": (-1.7976931348623157e308, 1.7976931348623157e308)}
+
+
+def _created_layout(server: "Server", pixels_id: int) -> tuple[str, tuple[int, int]]:
+    """``("pyramid" | "romio", tile size)`` of pixels the server created (see :data:`MAX_PLANE_PIXELS`)."""
+    pixels = server.get("Pixels", pixels_id)
+    width, height = pixels.getSizeX().getValue(), pixels.getSizeY().getValue()
+    pixels_type = pixels.getPixelsType().getValue().getValue()
+    if width * height > MAX_PLANE_PIXELS and pixels_type not in ("float", "double"):
+        return "pyramid", PYRAMID_TILE
+    width_bytes = np.dtype(BIG_ENDIAN[pixels_type]).itemsize * width
+    return "romio", (width, max(1, min(height, ROMIO_BUFFER // width_bytes)))
 
 
 class RawPixelsStore:
@@ -766,6 +874,7 @@ class RawPixelsStore:
         self.pixels_id = None
         self.level = None
         self.closed = False
+        self.read_only = False
         self.server.open_stores.add(self)
 
     def _check(self):
@@ -787,12 +896,15 @@ class RawPixelsStore:
             raise omero.MissingPyramidException(None, None, "Pixels pyramid is being generated", 5000, int(pixels_id))
         pixels_type = pixels.getPixelsType().getValue().getValue()
         height, width = self.server.pixels[int(pixels_id)][0].shape[:2]
-        if width * height > MAX_PLANE_PIXELS and pixels_type not in PYRAMID_TYPES:
+        if (int(pixels_id) in self.server.created_pixels and width * height > MAX_PLANE_PIXELS
+                and pixels_type not in PYRAMID_TYPES):
             raise omero.InternalException(
                 None, None, f"cannot write a pyramid of {pixels_type} pixels ({width}x{height} is above "
                 "omero.pixeldata.max_plane_width x height): OMERO pyramids hold 8- and 16-bit pixels only")
         self.pixels_id = int(pixels_id)
         self.level = len(self._levels) - 1
+        # a ROMIO file that exists is opened read-only ("returning read-only ROMIO pixel buffer")
+        self.read_only = int(pixels_id) in self.server.pixels_written
 
     @_counted("RawPixelsStore")
     def getResolutionLevels(self):
@@ -814,9 +926,20 @@ class RawPixelsStore:
     def _array(self):
         return self._levels[len(self._levels) - 1 - self.level]
 
+    def _created(self) -> str | None:
+        """"pyramid" or "romio" for pixels the server created, None for imported ones."""
+        return _created_layout(self.server, self.pixels_id)[0] if self.pixels_id in self.server.created_pixels else None
+
+    def _reading(self) -> None:
+        """A read closes the writer of a pyramid being written: it is read-only from then on."""
+        if self._created() == "pyramid":
+            self.server.pyramid_writes.setdefault(self.pixels_id, {"next": (0, 0, 0)})["read_only"] = True
+
     @_counted("RawPixelsStore")
     def getTileSize(self):
         self._check()
+        if self.pixels_id in self.server.created_pixels:
+            return list(_created_layout(self.server, self.pixels_id)[1])
         return list(self.server.tile_sizes[self.pixels_id][len(self._levels) - 1 - self.level])
 
     @_counted("RawPixelsStore")
@@ -826,26 +949,199 @@ class RawPixelsStore:
         if x < 0 or y < 0 or x + w > array.shape[1] or y + h > array.shape[0] or z != 0 or t != 0:
             raise omero.ApiUsageException(None, None, f"tile {x},{y} {w}x{h} outside the plane")
         pixels_type = self.server.get("Pixels", self.pixels_id).getPixelsType().getValue().getValue()
+        self._reading()
         return np.ascontiguousarray(array[y:y + h, x:x + w, c]).astype(BIG_ENDIAN[pixels_type]).tobytes()
 
     @_counted("RawPixelsStore")
     def setTile(self, buf, z, c, t, x, y, w, h, ctx=None):
+        """``RawPixelsBean.setTile``: ``buf`` holds ``h`` rows of ``w`` big-endian pixels; the buffer's rules
+        are those of :data:`MAX_PLANE_PIXELS`."""
         self._check()
         array = self._levels[0]
-        if x + w > array.shape[1] or y + h > array.shape[0]:
-            raise omero.ApiUsageException(None, None, f"tile {x},{y} {w}x{h} outside the plane")
-        pixels_type = self.server.get("Pixels", self.pixels_id).getPixelsType().getValue().getValue()
-        array[y:y + h, x:x + w, c] = np.frombuffer(buf, dtype=BIG_ENDIAN[pixels_type]).reshape(h, w)
+        pixels = self.server.get("Pixels", self.pixels_id)
+        size_z, size_c, size_t = (pixels.getSizeZ().getValue(), pixels.getSizeC().getValue(),
+                                  pixels.getSizeT().getValue())
+        if (min(x, y) < 0 or min(w, h) < 1 or x + w > array.shape[1] or y + h > array.shape[0]
+                or not (0 <= z < size_z and 0 <= c < size_c and 0 <= t < size_t)):
+            raise omero.ApiUsageException(None, None, f"tile z={z} c={c} t={t} {x},{y} {w}x{h} outside the "
+                                          f"{array.shape[1]}x{array.shape[0]} plane of {size_z}x{size_c}x{size_t}")
+        pixels_type = pixels.getPixelsType().getValue().getValue()
+        order = np.dtype(BIG_ENDIAN[pixels_type])
+        if len(buf) != w * h * order.itemsize:
+            raise omero.ApiUsageException(None, None, f"a {w}x{h} tile of {pixels_type} is {w * h * order.itemsize} "
+                                          f"bytes, not {len(buf)}")
+        layout = self._created()
+        if layout == "romio" and self.read_only:
+            raise omero.ApiUsageException(None, None, f"Pixels:{self.pixels_id} were written by an earlier "
+                                          "RawPixelsStore: the ROMIO pixel buffer is read-only now")
+        if layout == "romio" and (x != 0 or w != array.shape[1]):
+            raise omero.InternalException(None, None, "UnsupportedOperationException: ROMIO pixel buffer only "
+                                          "supports 0 offseted tile writes / full row writes")
+        if layout == "pyramid":
+            self._check_pyramid_tile(z, c, t, x, y, w, h, size_z, size_c)
+        if z != 0 or t != 0:
+            raise NotImplementedError("the double stores one plane per channel")
+        array[y:y + h, x:x + w, c] = np.frombuffer(buf, dtype=order).reshape(h, w)
+        if layout is not None:
+            self.server.pixels_written.add(self.pixels_id)
+
+    def _check_pyramid_tile(self, z, c, t, x, y, w, h, size_z, size_c) -> None:
+        width, height = self._levels[0].shape[1], self._levels[0].shape[0]
+        tw, th = PYRAMID_TILE
+        state = self.server.pyramid_writes.setdefault(self.pixels_id, {"next": (0, 0, 0)})
+        if state.get("read_only"):
+            raise omero.ApiUsageException(None, None, "In read-only mode! (the pyramid was saved or read: its "
+                                          "writer is closed)")
+        if x % tw or y % th or w != min(tw, width - x) or h != min(th, height - y):
+            raise omero.InternalException(None, None, f"the pyramid is written in {tw}x{th} tiles on its grid, not "
+                                          f"{w}x{h} at {x},{y}")
+        plane = (t * size_c + c) * size_z + z  # XYZCT
+        if (plane, y, x) < state["next"]:
+            raise omero.InternalException(None, None, f"the pyramid is written sequentially: tile {x},{y} of plane "
+                                          f"{plane} comes after plane {state['next'][0]} row {state['next'][1]} "
+                                          f"column {state['next'][2]}")
+        state["next"] = (plane, y, x + 1)
 
     @_counted("RawPixelsStore")
     def save(self, ctx=None):
         self._check()
+        self._reading()  # the server computes the pixels' SHA-1 by reading them back
         return self.server.get("Pixels", self.pixels_id)
 
     @_counted("RawPixelsStore")
     def close(self):
+        if not self.closed and self.pixels_id is not None:
+            self._reading()  # RawPixelsBean.close() saves (the SHA-1 reads the pixels back)
         self.closed = True
         self.server.open_stores.discard(self)
+
+
+class RenderingEngine:
+    """``omero.api.RenderingEngine`` for the calls dlcore makes, with the server's rules (omero-server
+    ``ome/services/RenderingBean.java``, ``ome/logic/RenderingSettingsImpl.java``; omero-renderer
+    ``omeis/providers/re/Renderer.java``, ``quantum/QuantumStrategy.java``):
+
+    - ``lookupPixels`` first (an unknown or unreadable Pixels: ``ValidationException``); then
+      ``lookupRenderingDef`` answers False when the caller has no settings for the pixels, and
+      ``resetDefaultSettings(True)`` creates and saves them; ``load()`` before any ``set*`` call, else
+      ``ApiUsageException("RenderingEngine not ready: ...")``;
+    - the defaults: greyscale for one channel, rgb for more, the first three channels active, each window the
+      channel's StatsInfo (``setChannelGlobalMinMax``) or, without one or when min == max, the pixel type's
+      full range;
+    - ``setChannelWindow(w, start, end)``: ``start > end``, or a range the type cannot span, silently becomes
+      the type's full range; either end is clipped to the type's range (``QuantumStrategy.setWindow``);
+    - a channel index past the last fails (``ArrayIndexOutOfBoundsException`` on the server);
+    - ``setRGBA``: the server keeps any int; the double refuses components outside 0-255 (stricter);
+    - ``saveCurrentSettings`` / ``resetDefaultSettings(True)`` save in the group of the call's context,
+      which must be the pixels' group (the double refuses -1 or another group).
+
+    Saved settings are in :attr:`Server.rendering` under ``(pixels id, user id)``."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn, self.server = conn, conn.server
+        self.pixels_id = None
+        self.settings = None  # the RenderingDef in use (a copy until saved)
+        self.loaded = False
+
+    def _ready(self):
+        if self.pixels_id is None:
+            raise omero.ApiUsageException(None, None, "RenderingEngine not ready: Pixels object not set.")
+        if self.settings is None:
+            raise omero.ApiUsageException(None, None, "RenderingEngine not ready: RenderingDef object not set.")
+        if not self.loaded:
+            raise omero.ApiUsageException(None, None, "RenderingEngine not ready: Renderer not loaded (call load()).")
+
+    def _channel(self, w):
+        self._ready()
+        channels = self.settings["channels"]
+        if not 0 <= w < len(channels):
+            raise omero.InternalException(None, None, f"ArrayIndexOutOfBoundsException: channel {w} of {len(channels)}")
+        return channels[w]
+
+    def _type_range(self):
+        return TYPE_RANGES[self.server.get("Pixels", self.pixels_id).getPixelsType().getValue().getValue()]
+
+    def _save(self, ctx) -> None:
+        group = self.conn.save_group(ctx)
+        if self.server.owner_group(self.server.get("Pixels", self.pixels_id))[1] != group:
+            raise omero.SecurityViolation(None, None, "rendering settings are saved in the group of the image")
+        import copy
+
+        self.server.rendering[(self.pixels_id, self.conn.user)] = copy.deepcopy(self.settings)
+
+    @_counted("RenderingEngine")
+    def lookupPixels(self, pixelsId, ctx=None):
+        pixels = self.server.get("Pixels", int(pixelsId))
+        if pixels is None or not self.server.can_see(self.conn.user, pixels):
+            raise omero.ValidationException(None, None, f"Pixels object with id {pixelsId} not found.")
+        self.pixels_id, self.settings, self.loaded = int(pixelsId), None, False
+
+    @_counted("RenderingEngine")
+    def lookupRenderingDef(self, pixelsId, ctx=None):
+        import copy
+
+        saved = self.server.rendering.get((int(pixelsId), self.conn.user))
+        self.settings, self.loaded = (copy.deepcopy(saved) if saved is not None else None), False
+        return saved is not None
+
+    @_counted("RenderingEngine")
+    def resetDefaultSettings(self, save, ctx=None):
+        if self.pixels_id is None:
+            raise omero.ApiUsageException(None, None, "RenderingEngine not ready: Pixels object not set.")
+        pixels = self.server.get("Pixels", self.pixels_id)
+        size_c = pixels.getSizeC().getValue()
+        low, high = self._type_range()
+        channels = []
+        for w in range(size_c):
+            start, end = self.server.channel_ranges.get((self.pixels_id, w), (low, high))
+            if abs(end - start) < 1e-10:
+                start, end = low, high
+            channels.append({"active": w < 3, "window": (float(start), float(end)),
+                             "rgba": ((255, 0, 0, 255), (0, 255, 0, 255), (0, 0, 255, 255))[w % 3]
+                             if size_c > 1 else (255, 255, 255, 255)})
+        self.settings = {"model": "rgb" if size_c > 1 else "greyscale", "channels": channels}
+        if save:
+            self._save(ctx)
+        return 1
+
+    @_counted("RenderingEngine")
+    def load(self, ctx=None):
+        if self.pixels_id is None:
+            raise omero.ApiUsageException(None, None, "RenderingEngine not ready: Pixels object not set.")
+        if self.settings is None:
+            raise omero.ApiUsageException(None, None, "RenderingEngine not ready: RenderingDef object not set.")
+        self.loaded = True
+
+    @_counted("RenderingEngine")
+    def setActive(self, w, active, ctx=None):
+        self._channel(w)["active"] = bool(active)
+
+    @_counted("RenderingEngine")
+    def setChannelWindow(self, w, start, end, ctx=None):
+        channel = self._channel(w)
+        low, high = self._type_range()
+        pixels_type = self.server.get("Pixels", self.pixels_id).getPixelsType().getValue().getValue()
+        span = {"int8": 0x100, "uint8": 0x100, "int16": 0x10000, "uint16": 0x10000, "int32": 0x100000000,
+                "uint32": 0x100000000}.get(pixels_type, float("inf"))
+        if not (start <= end and end - start < span):
+            start, end = low, high
+        channel["window"] = (float(max(start, low)), float(min(end, high)))
+
+    @_counted("RenderingEngine")
+    def setRGBA(self, w, red, green, blue, alpha, ctx=None):
+        channel = self._channel(w)
+        if not all(0 <= v <= 255 for v in (red, green, blue, alpha)):
+            raise omero.ApiUsageException(None, None, f"colour components are 0-255, not {(red, green, blue, alpha)}")
+        channel["rgba"] = (red, green, blue, alpha)
+
+    @_counted("RenderingEngine")
+    def saveCurrentSettings(self, ctx=None):
+        self._ready()
+        self._save(ctx)
+
+    @_counted("RenderingEngine")
+    def close(self):
+        self.pixels_id = self.settings = None
 
 
 class SharedResources:
@@ -988,15 +1284,34 @@ def _delete(server: Server, table: str, oid: int) -> None:
     elif table == "Image":
         pid = next((p.getId().getValue() for p in server.all("Pixels") if p.getImage().getId().getValue() == oid), None)
         if pid is not None:
-            server.objects.pop(("Pixels", pid), None)
+            pixels = server.objects.pop(("Pixels", pid), None)
             server.pixels.pop(pid, None)
+            for channel in pixels.copyChannels() if pixels is not None else ():
+                server.objects.pop(("Channel", channel.getId().getValue()), None)
+                server.objects.pop(("LogicalChannel", channel.getLogicalChannel().getId().getValue()), None)
+            for key in [k for k in server.rendering if k[0] == pid]:
+                del server.rendering[key]
+            for key in [k for k in server.channel_ranges if k[0] == pid]:
+                del server.channel_ranges[key]
         for roi in server.rois_of(oid):
             _delete(server, "Roi", roi.getId().getValue())
+        annotated = [link.getChild().getId().getValue() for link in server.all("ImageAnnotationLink")
+                     if link.getParent().getId().getValue() == oid]
         for link_table in ("DatasetImageLink", "ImageAnnotationLink"):
             for link in server.all(link_table):
                 end = link.getChild() if link_table == "DatasetImageLink" else link.getParent()
                 if end.getId().getValue() == oid:
                     _delete(server, link_table, link.getId().getValue())
+        # omero-blitz blitz-delete-rules.xml: a deleted object's map (list, XML, comment) annotations go when
+        # nothing else links them; its file and tag annotations only if also owned by the object's owner
+        for ann_id in annotated:
+            ann = server.get("Annotation", ann_id)
+            still_linked = any(link.getChild().getId().getValue() == ann_id for t in
+                               ("ImageAnnotationLink", "DatasetAnnotationLink", "RoiAnnotationLink") for link in server.all(t))
+            same_owner = ann is not None and server.owner_group(ann)[0] == server.owner_group(obj)[0]
+            if ann is not None and not still_linked and (
+                    not isinstance(ann, (FileAnnotationI, TagAnnotationI)) or same_owner):
+                _delete(server, "Annotation", ann_id)
 
 
 # -- loading a dlcore slide into the double ---------------------------------------------------------

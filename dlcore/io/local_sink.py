@@ -131,10 +131,10 @@ class LocalFolderSink:
         partial, final = self._partial, self._final
         written: dict[str, str] = {}
         mpp = self._context.working_mpp
-        if outputs.image is not None:
-            written["predicted image"] = self._write_image(outputs.image, partial)
-        elif self.label_format == "none":
+        if self.label_format == "none":  # the OMERO sink writes the label or predicted image itself
             pass
+        elif outputs.image is not None:
+            written["predicted image"] = self._write_image(outputs.image, partial)
         elif self.label_format == "ome-tiff":
             outputs.labels.write_ome_tiff(partial / "labels.ome.tif", mpp=mpp, name=f"{self._context.run_key} labels")
             written["label image"] = "labels.ome.tif"

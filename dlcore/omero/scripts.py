@@ -141,6 +141,9 @@ def _installed_models(config=None) -> list:
         return []
 
 
+OMERO_IMAGE_TYPES = ("uint16", "uint8")  # what a predicted image may be stored as (see dlcore.omero.workflows)
+
+
 def model_params(grouping: int) -> list:
     """``Model`` (a name, validated by dlcore when the job runs) and ``Model_Parameters``.
 
@@ -158,6 +161,10 @@ def model_params(grouping: int) -> list:
                                    "models when this menu was read: " + ", ".join(names)),
         scripts.String("Model_Parameters", grouping=f"{grouping + 1}",
                        description="Optional parameters as name=value, separated by commas, e.g. 'sigma=2, min_size=40'"),
+        scripts.String("Output_Pixel_Type", grouping=f"{grouping + 1}.1", values=list(OMERO_IMAGE_TYPES),
+                       description="For image models (denoising, image translation): the pixel type of the predicted "
+                                   "image written next to each image (uint16 when empty; OMERO pyramids hold uint8 "
+                                   "and uint16 only). Other models ignore it."),
     ]
 
 
@@ -270,7 +277,8 @@ def run_script(script_client, *, task: str | None = None, conn=None) -> str:
     """The body of Run_Model (``task=None``: the ``Model`` input) and of single-task scripts.
 
     Reads the inputs, runs :func:`dlcore.omero.workflows.run_on_objects`, prints the outcome and sets
-    the ``Message`` output (plus ``Label_Image`` and ``Overview`` links for the first image done).
+    the ``Message`` output (plus ``Label_Image`` or ``Predicted_Image`` and ``Overview`` links for the first
+    image done).
     Returns the message.
     """
 
@@ -288,10 +296,13 @@ def run_script(script_client, *, task: str | None = None, conn=None) -> str:
             conn, name, inputs.get("Data_Type", "Image"), inputs.get("IDs") or [], params,
             detect_tissue=not inputs.get("Analyse_Whole_Image", False), mpp=inputs.get("Image_Pixel_Size_um"),
             roi_cap=inputs.get("Max_ROIs"), qc=inputs.get("QC") or "off", progress=lambda label: LineProgress(label),
+            output_dtype=inputs.get("Output_Pixel_Type") or None,
         )
         done = [r for r in reports if r.ok]
         if done and done[0].output_id("label image"):
             script_client.setOutput("Label_Image", robject(ImageI(done[0].output_id("label image"), False)))
+        if done and done[0].output_id("predicted image"):
+            script_client.setOutput("Predicted_Image", robject(ImageI(done[0].output_id("predicted image"), False)))
         if done and done[0].output_id("overview"):
             script_client.setOutput("Overview", robject(FileAnnotationI(done[0].output_id("overview"), False)))
         return summary_message(reports)

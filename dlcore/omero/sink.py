@@ -7,6 +7,10 @@ What a run leaves on an image, all in the image's group and the namespace ``dlco
 - an OMERO.table of every object's measurements, with ``Image`` and ``Roi`` columns (:mod:`~dlcore.omero.tables`);
 - a label image (uint16, working resolution; ids above 65,535 wrap, the exact uint32 labels are an
   attached pyramidal OME-TIFF) in the image's datasets (:mod:`~dlcore.omero.label_image`);
+- for an ``image`` task (denoising, image translation) instead of ROIs, table and label image: the
+  predicted image, a new uint8 / uint16 image beside the source in its datasets, with named channels,
+  display settings and its own key-value pairs (model, source, each channel's scale and offset), named
+  by the source's key-value pairs (:mod:`~dlcore.omero.image_output`);
 - key-value pairs with the provenance and summary (a run with QC: its verdict and figures, ``QC ...``), tags
   for classification results (and QC's), and attached files: ``objects.geojson`` (QuPath), ``objects.csv``,
   ``overview.png``, ``provenance.json``, and the task's and QC's extra files (``qc.json``,
@@ -33,6 +37,9 @@ from dlcore.io.sink import RunContext, RunOutputs
 from dlcore.objects import ObjectRecord
 from dlcore.omero import annotations as ann
 from dlcore.omero.deleting import delete_objects
+from dlcore.omero.image_output import (
+    PREDICTED_IMAGE_KEY, earlier_predicted_images, predicted_description, predicted_image_links, write_predicted_image,
+)
 from dlcore.omero.journal import CreationJournal, delete_leftovers, journal_folder
 from dlcore.omero.label_image import LABEL_DESCRIPTION, create_label_image, dataset_links
 from dlcore.omero.rois import ROI_BATCH, RoiWriter, roi_marker
@@ -111,7 +118,8 @@ class OmeroSink:
                                         user_id=int(self._conn.getUserId()), image_id=self.image_id,
                                         run_key=context.run_key, run_id=self.run_id).open()
         self._scratch = make_scratch(self._work_dir, prefix="dlcore-omero-")
-        self._files = LocalFolderSink(self._scratch, label_format="ome-tiff")  # exact uint32 ids, attached
+        # the label image's exact uint32 ids are attached; a predicted image goes to OMERO as an image only
+        self._files = LocalFolderSink(self._scratch, label_format="none" if context.task_kind == "image" else "ome-tiff")
         self._files.begin(context)
         update = self._conn.getUpdateService()
         colors = dict(zip(context.class_names, context.class_colors)) if context.class_colors else {}
@@ -120,8 +128,9 @@ class OmeroSink:
             save=lambda batch: update.saveAndReturnArray(batch, self.context), colors=colors,
             saved_ids=self._created["Roi"],
         )
-        self._table = TableWriter(self._conn, f"dlcore_{context.run_key}_Image{self.image_id}.h5",
-                                  context.slide.channels, self.context)
+        if context.task_kind != "image":  # a predicted image has no objects to measure
+            self._table = TableWriter(self._conn, f"dlcore_{context.run_key}_Image{self.image_id}.h5",
+                                      context.slide.channels, self.context)
 
     def add_objects(self, objects: Sequence[ObjectRecord]) -> None:
         self._files.add_objects(objects)
@@ -143,8 +152,16 @@ class OmeroSink:
         self._created[graph].append(object_id)
         self._journal.record(self._created)
 
+    def _deleted_now(self, graph: str, object_id: int) -> None:
+        """Note that an object this run created is gone again (deleted by the code that made it)."""
+        if object_id in self._created[graph]:
+            self._created[graph].remove(object_id)
+            self._journal.record(self._created)
+
     # -- finishing ------------------------------------------------------------------------------
     def finish(self, outputs: RunOutputs) -> dict[str, str]:
+        if outputs.image is not None:
+            return self._finish_image(outputs)
         run = self._run
         self._flush()
         self._table.ensure_created()
@@ -166,31 +183,73 @@ class OmeroSink:
             "table": f"OriginalFile:{table_file} ({self._table.rows} rows)",
             "run time s": f"{time.perf_counter() - self._started:.1f}",
         }
-        map_ann = ann.map_annotation(run.run_key, ann.key_values(outputs.provenance, outputs.summary, extra))
         earlier = ann.find_earlier_run(self._conn, self.image_id, run.run_key, keep_run_id=self.run_id,
                                        context=self.context)
-        tags = [t for t in dict.fromkeys(outputs.tags) if t not in earlier.tag_links]
-        links = [ann.image_link(self.image_id, map_ann), ann.image_link(self.image_id, table_ann)]
-        links += [ann.image_link(self.image_id, _loaded_file_annotation(i)) for i in uploaded.values()]
-        links += [ann.image_link(self.image_id, ann.tag_for(self._conn, run.run_key, t, self.context)) for t in tags]
-        links += dataset_links(label_id, self.dataset_ids)
-        saved = self._conn.getUpdateService().saveAndReturnArray(links, self.context)
-        self._committed = True
-        map_id = int(saved[0].getChild().getId().getValue())
-        table_ann_id = int(saved[1].getChild().getId().getValue())
-        replaced = self._delete_earlier(earlier, keep_tags=set(outputs.tags))
-        self._journal.close()  # the objects are results now
-        replaced = "; ".join(note for note in (replaced, self._delete_leftovers()) if note)
-        shutil.rmtree(self._scratch, ignore_errors=True)
         written = {
             "ROIs": f"{len(self._rois.saved_ids)} ROIs on Image:{self.image_id}" + (
                 f" (cap {self.roi_cap}; {self._rois.skipped} more objects only in the label image and table)"
                 if self._rois.skipped else ""),
             "label image": f"Image:{label_id}",
-            "table": f"FileAnnotation:{table_ann_id}",
-            "key-value pairs": f"MapAnnotation:{map_id}",
-            **{RENAMED_OUTPUTS.get(name, name): f"FileAnnotation:{i}" for name, i in uploaded.items()},
         }
+        saved = self._link(outputs, extra, earlier, [ann.image_link(self.image_id, table_ann)], uploaded,
+                           dataset_links(label_id, self.dataset_ids), written)
+        written["table"] = f"FileAnnotation:{int(saved[1].getChild().getId().getValue())}"
+        return self._finished(outputs, earlier, written, uploaded)
+
+    def _finish_image(self, outputs: RunOutputs) -> dict[str, str]:
+        """An ``image`` task's results: the predicted image beside the source (no ROIs, table or label
+        image), the key-value pairs naming it, the files."""
+        run, canvas = self._run, outputs.image
+        files = self._files.finish(outputs)
+        image_id = write_predicted_image(
+            self._conn, canvas, name=f"{self.image_name} [{run.run_key} prediction]",
+            description=predicted_description(run.run_key, self.image_id), mpp=run.working_mpp, context=self.context,
+            on_created=lambda i: self._created_now("Image", i), on_deleted=lambda i: self._deleted_now("Image", i))
+        uploaded = self._upload(files)
+        extra = {
+            ann.RUN_ID_KEY: self.run_id,
+            PREDICTED_IMAGE_KEY: f"Image:{image_id}",
+            "predicted channels": ", ".join(canvas.channels),
+            "pixel type": str(canvas.dtype),
+            "run time s": f"{time.perf_counter() - self._started:.1f}",
+        }
+        earlier = ann.find_earlier_run(self._conn, self.image_id, run.run_key, keep_run_id=self.run_id,
+                                       context=self.context)
+        earlier.label_image_ids += earlier_predicted_images(self._conn, self.image_id, run.run_key,
+                                                            keep_run_id=self.run_id, context=self.context)
+        publish = predicted_image_links(image_id, canvas, run_key=run.run_key, run_id=self.run_id,
+                                        provenance=outputs.provenance, source_image_id=self.image_id,
+                                        dataset_ids=self.dataset_ids)
+        written = {"predicted image": f"Image:{image_id}"}
+        self._link(outputs, extra, earlier, [], uploaded, publish, written)
+        return self._finished(outputs, earlier, written, uploaded)
+
+    def _link(self, outputs: RunOutputs, extra: dict, earlier: ann.EarlierRun, annotations: list,
+              uploaded: dict[str, int], others: list, written: dict[str, str]) -> list:
+        """Link every new result in one call: the run's key-value pairs (first), ``annotations`` (links
+        onto the image), the uploaded files, the tags, and ``others`` (dataset links, ...).  From then on
+        the results are the run's: :meth:`abort` deletes nothing.  Returns the saved links."""
+        run = self._run
+        map_ann = ann.map_annotation(run.run_key, ann.key_values(outputs.provenance, outputs.summary, extra))
+        tags = [t for t in dict.fromkeys(outputs.tags) if t not in earlier.tag_links]
+        links = [ann.image_link(self.image_id, map_ann), *annotations]
+        links += [ann.image_link(self.image_id, _loaded_file_annotation(i)) for i in uploaded.values()]
+        links += [ann.image_link(self.image_id, ann.tag_for(self._conn, run.run_key, t, self.context)) for t in tags]
+        links += others
+        saved = self._conn.getUpdateService().saveAndReturnArray(links, self.context)
+        self._committed = True
+        written["key-value pairs"] = f"MapAnnotation:{int(saved[0].getChild().getId().getValue())}"
+        return saved
+
+    def _finished(self, outputs: RunOutputs, earlier: ann.EarlierRun, written: dict[str, str],
+                  uploaded: dict[str, int]) -> dict[str, str]:
+        """Once linked: delete the earlier run's results and what killed runs left, clean up, and return
+        what was written (name -> location)."""
+        replaced = self._delete_earlier(earlier, keep_tags=set(outputs.tags))
+        self._journal.close()  # the objects are results now
+        replaced = "; ".join(note for note in (replaced, self._delete_leftovers()) if note)
+        shutil.rmtree(self._scratch, ignore_errors=True)
+        written.update({RENAMED_OUTPUTS.get(name, name): f"FileAnnotation:{i}" for name, i in uploaded.items()})
         if outputs.tags:
             written["tags"] = ", ".join(outputs.tags)
         if replaced:

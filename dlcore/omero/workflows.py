@@ -22,6 +22,15 @@ from dlcore.omero.budget import not_started_message, session_budget
 log = logging.getLogger(__name__)
 
 DATA_TYPES = ("Image", "Dataset", "Project")
+#: what an ``image`` task (denoising, image translation) may write into OMERO, the default first: OMERO keeps
+#: an image it creates above 3192 x 3192 as a pyramid, which holds 8- and 16-bit pixels only
+#: (:mod:`dlcore.omero.image_output`)
+OMERO_OUTPUT_DTYPES = ("uint16", "uint8")
+FLOAT_REFUSED = (
+    "output_dtype=float32 cannot be written to OMERO: OMERO keeps a slide-sized image it creates as a pyramid, and "
+    "its pyramids hold 8- and 16-bit pixels only. Use uint16 (the default: 65,536 levels over each channel's "
+    "predicted range; the scale and offset that give the predicted values back are key-value pairs on the new "
+    "image) or uint8. For float32 values, run `dlcore run` on the slide file (it writes prediction.ome.tif)")
 
 
 @dataclass(frozen=True)
@@ -93,9 +102,47 @@ def _images_of(obj, data_type: str):
         return [obj]
     from dlcore.omero.label_image import is_label_image
 
+    from dlcore.omero.image_output import is_predicted_image
+
     datasets = [obj] if data_type == "Dataset" else obj.listChildren()
     return [image for dataset in datasets for image in dataset.listChildren()
-            if not is_label_image(image.getDescription())]
+            if not (is_label_image(image.getDescription()) or is_predicted_image(image.getDescription()))]
+
+
+def omero_output_dtype(params: dict, output_dtype: str | None) -> str:
+    """The stored type of an ``image`` task's prediction in OMERO: ``output_dtype`` (a script's or
+    ``omero dl``'s option) or the ``output_dtype`` parameter, uint16 when neither is given.
+
+    Raises :class:`ParameterError` for float32 (OMERO cannot hold it; the message says what to do), any
+    other type, or two different values."""
+    given = {v for v in (output_dtype, params.get("output_dtype")) if v not in (None, "")}
+    if len(given) > 1:
+        raise ParameterError(f"output_dtype is given twice with different values ({', '.join(sorted(map(str, given)))}); "
+                             "give it once")
+    chosen = str(given.pop()).strip().lower() if given else OMERO_OUTPUT_DTYPES[0]
+    if chosen in ("float32", "float", "float64", "double"):
+        raise ParameterError(FLOAT_REFUSED)
+    if chosen not in OMERO_OUTPUT_DTYPES:
+        raise ParameterError(f"output_dtype={chosen!r} is not one of {', '.join(OMERO_OUTPUT_DTYPES)} (the pixel types "
+                             "an OMERO pyramid holds); uint16 is the default")
+    return chosen
+
+
+def task_for_omero(task_name: str, params: dict, *, output_dtype: str | None = None, config=None):
+    """The task ``task_name`` with ``params`` as it runs in OMERO: an ``image`` task gets ``output_dtype``
+    (:func:`omero_output_dtype`) among its parameters; other tasks as :func:`~dlcore.tasks.resolve_task`
+    makes them (``output_dtype`` applies to image tasks only and is then ignored)."""
+    from dlcore.tasks import resolve_task
+
+    task = resolve_task(task_name, params, config=config)
+    if getattr(task, "kind", None) != "image":
+        return task
+    dtype = omero_output_dtype(params, output_dtype)
+    if getattr(task, "output_dtype", None) == dtype:
+        return task
+    if dataclasses.is_dataclass(task) and "output_dtype" in {f.name for f in dataclasses.fields(task)}:
+        return dataclasses.replace(task, output_dtype=dtype)  # the model is not loaded twice
+    return resolve_task(task_name, {**params, "output_dtype": dtype}, config=config)
 
 
 def run_on_objects(
@@ -111,6 +158,7 @@ def run_on_objects(
     qc: str = "off",
     qc_options=None,
     config=None,
+    output_dtype: str | None = None,
     progress: Callable[[str], Callable[[str, int, int], None]] | None = None,
 ) -> list[ImageReport]:
     """Run ``task_name`` (a built-in task or an installed model) on the selected OMERO objects.
@@ -136,6 +184,10 @@ def run_on_objects(
         (:class:`~dlcore.qc.run.QCOptions`, default: its defaults).
     config
         dlcore's configuration (default: :func:`dlcore.config.load_config`, the node's file).
+    output_dtype
+        For ``image`` tasks (denoising, image translation): the predicted image's pixel type in OMERO,
+        ``"uint16"`` (the default, also when None) or ``"uint8"``; float32 is refused (:func:`omero_output_dtype`).
+        It may instead be given as the ``output_dtype`` parameter; other tasks ignore it.
     progress
         ``progress(image_label)`` returns the progress callback for that image.
 
@@ -149,11 +201,10 @@ def run_on_objects(
         Before anything is written: unknown task or model, bad parameters, bad ids, no images.
     """
     from dlcore.config import load_config
-    from dlcore.tasks import resolve_task
     from dlcore.workflows import RunOptions
 
     config = config or load_config()
-    task = resolve_task(task_name, params or {}, config=config)
+    task = task_for_omero(task_name, dict(params or {}), output_dtype=output_dtype, config=config)
     images = resolve_images(conn, data_type, ids)
     qc_kwargs = {"qc": qc} if qc_options is None else {"qc": qc, "qc_options": qc_options}
     options = RunOptions(mpp=mpp, detect_tissue=detect_tissue, reader_threads=config.reader_threads,
@@ -264,6 +315,8 @@ def failure_message(label: str, problem: str, sink) -> str:
 
 def _success(label: str, result, datasets: list[int]) -> str:
     s, out = result.summary, result.outputs
+    if "predicted image" in out:
+        return _image_success(label, result, datasets)
     if "objects" in s:
         found = f"{s['objects']} objects"
     else:
@@ -283,6 +336,29 @@ def _success(label: str, result, datasets: list[int]) -> str:
         parts.append(_qc_line(s["qc"], out))
     if out.get("tags"):
         parts.append(f"  tags: {out['tags']}")
+    if out.get("replaced"):
+        parts.append(f"  replaced the earlier run's results: {out['replaced']}")
+    return "\n".join(parts)
+
+
+def _image_success(label: str, result, datasets: list[int]) -> str:
+    """The Message block of an ``image`` task's run: the predicted image, where it is, how to read it."""
+    s, out = result.summary, result.outputs
+    predicted = s.get("predicted_image", {})
+    tissue = f"{s['tissue_area_mm2']} mm² tissue" if s.get("tissue_area_mm2") is not None else (
+        f"{s['tissue_fraction']:.0%} tissue" if s.get("tissue_fraction") is not None else "")
+    where = (f"in Dataset {', '.join(map(str, datasets))}" if datasets
+             else "not in a dataset (find it under Orphaned Images)")
+    channels = ", ".join(predicted.get("channels", ()))
+    parts = [
+        f"✓ {label}: predicted image {out['predicted image']} {where}"
+        + (f" ({channels}; {predicted.get('dtype')})" if channels else "") + (f", {tissue}." if tissue else "."),
+        "  its values: value = offset + scale * stored, per channel (key-value pairs on the predicted image)",
+        f"  key-value pairs: {out.get('key-value pairs', '')}",
+        "  files: " + ", ".join(f"{k} {v}" for k, v in out.items() if k in ("overview", "provenance")),
+    ]
+    if s.get("qc"):
+        parts.append(_qc_line(s["qc"], out))
     if out.get("replaced"):
         parts.append(f"  replaced the earlier run's results: {out['replaced']}")
     return "\n".join(parts)
