@@ -61,7 +61,8 @@ def _add_run_parser(sub) -> None:
         description="Run a task or an installed model on one or more slides. `nuclei` picks the shipped nuclei "
                     "model that fits each slide (brightfield H&E/IHC or fluorescence; the classical pipeline "
                     "without torch) and says which it chose. Results go to OUT/<slide>/<task>/: labels.ome.tif, objects.csv, objects.geojson "
-                    "(QuPath: File > Import objects), overview.png, provenance.json. A re-run replaces them.",
+                    "(QuPath: File > Import objects), overview.png, provenance.json; an image model (denoising, "
+                    "image translation) writes prediction.ome.tif instead. A re-run replaces them.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("task", help="task or model name: nuclei (chosen per slide), nuclei-classical, or a model "

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_there_are_the_deep_learning_scripts():
     assert {p.name for p in SCRIPTS} == {"Run_Model.py", "Classical_Segmentation.py", "List_Models.py",
                                          "Train_Model.py", "Export_Annotated_Dataset.py", "QC_Slides.py",
-                                         "Train_Pixel_Classifier.py", "Labels_From_Marker.py"}
+                                         "Train_Pixel_Classifier.py", "Labels_From_Marker.py",
+                                         "Train_Image_Model.py"}
     assert all(p.parent.name == "Deep_Learning" for p in SCRIPTS)
 
 

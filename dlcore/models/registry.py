@@ -155,7 +155,8 @@ def load_task(name: str, params: dict | None = None, *, config=None):
 
     ``params`` may also hold ``device`` (auto, cpu, cuda, cuda:N; default: the configuration) and
     ``weights_format`` (torchscript or pytorch_state_dict; default: torchscript when present).  A pixel
-    classifier (:mod:`dlcore.pixels`) runs from its forest and feature settings, without torch.
+    classifier (:mod:`dlcore.pixels`) runs from its forest and feature settings, without torch; a
+    prediction model (``image_prediction``) becomes a :class:`dlcore.restore.task.ImagePredictionTask`.
     """
     config = _config(config)
     record = find_model(name, config)
@@ -163,6 +164,14 @@ def load_task(name: str, params: dict | None = None, *, config=None):
         from dlcore.pixels.task import load_pixel_task
 
         return load_pixel_task(record.path, record.name, params)
+    if record.kind == "image_prediction":  # predicted pixel values (denoising, translation): dlcore.restore
+        from dlcore.restore.task import load_image_task
+
+        params = dict(params or {})
+        for key, default in (("device", config.device), ("batch_size", config.batch_size)):
+            if params.get(key) is None:
+                params[key] = default
+        return load_image_task(record.path, record.name, params)
     from dlcore.models.loader import Network, read_spec
     from dlcore.models.tasks import build_task
 

@@ -5,7 +5,7 @@ The block (written by :func:`dlcore.models.package.write_package`, documented in
 
     config:
       dlcore:
-        kind: semantic | instances | patch_classification | pixel_classifier
+        kind: semantic | instances | patch_classification | pixel_classifier | image_prediction
         mpp: 0.5                  # working resolution, µm/pixel (null: the slide's native pixels)
         tile_size: 512            # working pixels, multiple of the network's divisor
         halo: 32                  # context on each side, working pixels
@@ -25,6 +25,7 @@ The block (written by :func:`dlcore.models.package.write_package`, documented in
         patch_size: 64                     # patch_classification only
         background_class: background       # patch_classification: class left out of the slide decision
         features: {scales: [...], ...}     # pixel_classifier: see dlcore.pixels (features, forest, channel_names)
+        output_channels: [DAB]             # image_prediction: predicted pixel values, see dlcore.restore.config
 
 Packages from other tools have no such block: they run as semantic segmentation with defaults
 (:func:`foreign_config`) and the rdf's own pre-processing.
@@ -39,7 +40,7 @@ from typing import Any
 
 from dlcore.errors import ModelError
 
-KINDS = ("semantic", "instances", "patch_classification", "pixel_classifier")
+KINDS = ("semantic", "instances", "patch_classification", "pixel_classifier", "image_prediction")
 NORMALIZATIONS = ("scale_0_1", "percentile", "imagenet", "none")
 ACTIVATIONS = ("auto", "none", "sigmoid", "softmax")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -131,6 +132,10 @@ def check_dlcore_config(config: dict, *, where: str = "config.dlcore") -> dict:
         from dlcore.pixels.package import check_pixel_config
 
         check_pixel_config(cfg, where)
+    if kind == "image_prediction":
+        from dlcore.restore.config import check_image_config
+
+        check_image_config(cfg, where)
     if kind == "patch_classification":
         patch = cfg.get("patch_size")
         if not isinstance(patch, int) or patch < 8:

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 
 import omero.scripts as scripts
 from omero.rtypes import rstring
 
-from dlcore.errors import DlcoreError, InputError, ParameterError
+from dlcore.errors import InputError, ParameterError
 from dlcore.omero.scripts import pixel_size_param, script_body
+from dlcore.omero.trained_models import image_label
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,6 @@ class _PlannedImage:
     mpp: float | None  # level 0's pixel size in µm (OMERO's, else Image_Pixel_Size_um)
 
 
-def _label(image) -> str:
-    return f"Image:{int(image.getId())} {image.getName()}"
-
-
 def _native_mpp(image) -> float | None:
     value = image.getPixelSizeX(units="MICROMETER")
     value = value.getValue() if hasattr(value, "getValue") else value
@@ -192,7 +188,7 @@ def _plan(conn, images, request: PixelTrainingRequest,
     for index, image in enumerate(images, 1):
         strokes, image_notes = image_strokes(conn, int(image.getId()), class_source=request.class_source,
                                              classes=request.classes)
-        notes += [f"{_label(image)}: {n}" for n in image_notes]
+        notes += [f"{image_label(image)}: {n}" for n in image_notes]
         if strokes:
             planned.append(_PlannedImage(image, strokes, _native_mpp(image) or request.image_mpp))
         else:
@@ -242,7 +238,7 @@ def _check_images(planned: list[_PlannedImage], request: PixelTrainingRequest) -
     if request.working_mpp:
         unknown = [p for p in planned if p.mpp is None]
         if unknown:
-            raise InputError(f"{', '.join(_label(p.image) for p in unknown[:5])} has no pixel size, so it cannot be "
+            raise InputError(f"{', '.join(image_label(p.image) for p in unknown[:5])} has no pixel size, so it cannot be "
                              f"read at Working_Pixel_Size_um={request.working_mpp}; give it with Image_Pixel_Size_um "
                              "(0.25 = 40x, 0.5 = 20x), or leave Working_Pixel_Size_um empty")
     else:
@@ -297,17 +293,17 @@ def _read_training_images(conn, planned, classes, request, margin, progress):
             plan, regions = _regions(slide, p.strokes, request, margin)
             for _, (x0, y0, x1, y1) in regions:
                 if x1 <= x0 or y1 <= y0:
-                    raise InputError(f"{_label(p.image)}: some ROIs lie outside the image; move or delete them")
+                    raise InputError(f"{image_label(p.image)}: some ROIs lie outside the image; move or delete them")
                 if (x1 - x0) * (y1 - y0) > request.max_region_pixels:
                     raise InputError(
-                        f"{_label(p.image)}: ROIs cover a region of {x1 - x0}x{y1 - y0} working pixels, more than "
+                        f"{image_label(p.image)}: ROIs cover a region of {x1 - x0}x{y1 - y0} working pixels, more than "
                         f"{request.max_region_pixels} at once; a pixel classifier learns from scribbles: draw "
                         "smaller shapes or lines inside each class, or set a coarser Working_Pixel_Size_um")
             plans.append(regions)
         out, conflicting, total = [], 0, sum(len(r) for r in plans)
         for p, slide, regions in zip(planned, slides, plans):
             for k, (group, box) in enumerate(regions, 1):
-                name = f"{_label(p.image)} region {k} (x={box[0]}, y={box[1]})"
+                name = f"{image_label(p.image)} region {k} (x={box[0]}, y={box[1]})"
                 labelled, clashes = read_region_strokes(slide, group, classes, mpp=request.working_mpp, margin=margin,
                                                         name=name)
                 out.append(labelled)
@@ -322,7 +318,7 @@ def _read_training_images(conn, planned, classes, request, margin, progress):
 
 
 def _provenance(planned, request: PixelTrainingRequest, n_regions: int) -> str:
-    where = ", ".join(_label(p.image) for p in planned[:20])
+    where = ", ".join(image_label(p.image) for p in planned[:20])
     more = f" and {len(planned) - 20} more" if len(planned) > 20 else ""
     return (f"OMERO images {where}{more}: {sum(len(p.strokes) for p in planned)} ROI shapes "
             f"({request.class_source.replace('_', ' ')} = class) in {n_regions} regions read at "
@@ -364,9 +360,8 @@ def train_pixels_on_objects(conn, data_type: str, ids, request: PixelTrainingReq
         removes the registered package again.
     """
     from dlcore.config import load_config
-    from dlcore.models.ownership import check_add_version
-    from dlcore.models.registry import list_models, registry_name
-    from dlcore.omero.model_access import caller_of, owner_for_training
+    from dlcore.omero.model_access import owner_for_training
+    from dlcore.omero.trained_models import new_model_key
     from dlcore.omero.training import report_datasets
     from dlcore.omero.workflows import resolve_images
     from dlcore.pixels.features import full_scale
@@ -376,10 +371,7 @@ def train_pixels_on_objects(conn, data_type: str, ids, request: PixelTrainingReq
     from dlcore.train.registry_io import read_rdf
 
     config = config or load_config()
-    key = registry_name(request.name)
-    versions = [r for r in list_models(config) if r.name == key or (r.name.startswith(f"{key}-v")
-                                                                      and r.name[len(key) + 2:].isdigit())]
-    check_add_version(key, versions, caller_of(conn))
+    key = new_model_key(conn, request.name, config)
     images = resolve_images(conn, data_type, ids)
     datasets = report_datasets(images)  # where the card goes, checked before any pixel is read
     owner = owner_for_training(conn, data_type, list(ids))
@@ -401,38 +393,27 @@ def train_pixels_on_objects(conn, data_type: str, ids, request: PixelTrainingReq
                                        description=request.description,
                                        training_data=_provenance(planned, request, len(labelled)), reproduce=reproduce)
     version = str(read_rdf(folder).get("version", ""))
-    try:
-        attached = _attach(conn, folder, key, version, classes, datasets, IMPORTANCE_FILE, config)
-    except DlcoreError:
-        shutil.rmtree(folder, ignore_errors=True)  # the message says nothing was written: make it true
-        raise
+    attached = _attach(conn, folder, key, version, classes, datasets, IMPORTANCE_FILE, config)
     return {"trained": trained, "folder": folder, "version": version, "attached": attached,
             "datasets": [int(d.getId()) for d in datasets], "images": len(planned), "regions": len(labelled),
             "classes": classes, "conflicting": conflicting, "notes": notes}
 
 
 def _attach(conn, folder, name: str, version: str, classes, datasets, importance_file: str, config) -> dict[str, int]:
-    """The model card and feature importances, named after the model and version, on every dataset."""
-    import tempfile
-    from pathlib import Path
-
+    """The model card and feature importances, named after the model and version, on every dataset (the
+    registered package is removed again when that fails)."""
+    from dlcore.omero.trained_models import attached_or_removed, copy_as
     from dlcore.omero.training import attach_files
 
-    base = getattr(config, "work_dir", None)
-    scratch = Path(tempfile.mkdtemp(prefix="dlcore-pixels-", dir=str(base) if base else None))
-    try:
-        card = scratch / f"{name}-{version}-model-card.md"
-        table = scratch / f"{name}-{version}-feature-importance.csv"
-        shutil.copy2(folder / "README.md", card)
-        shutil.copy2(folder / importance_file, table)
+    with attached_or_removed(folder, config) as scratch:
+        card = copy_as(folder / "README.md", scratch, f"{name}-{version}-model-card.md")
+        table = copy_as(folder / importance_file, scratch, f"{name}-{version}-feature-importance.csv")
         return attach_files(conn, [
             (card, "text/markdown", f"model card of pixel classifier {folder.name} {version} (classes "
                                     f"{', '.join(classes)}): training labels, held-out accuracy, limits"),
             (table, "text/csv", f"feature importances of pixel classifier {folder.name} {version} (mean decrease "
                                 "in impurity per feature)"),
         ], datasets, NS_PIXEL_TRAINING)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # -- the script body ------------------------------------------------------------------------------

@@ -11,14 +11,19 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model on an annotated dataset and add it to the registry",
         description="Train a semantic, instance or classification model on a local annotated dataset "
-                    "(images/ + labels/, class folders, or a folder written by `dlcore export-dataset`). "
+                    "(images/ + labels/, class folders, or a folder written by `dlcore export-dataset`), a "
+                    "pixel classifier from sparse labels, or a prediction model (denoising, restoration, "
+                    "translation) from noisy images or image pairs. "
                     "Splits are by image (groups.csv can group images); the held-out test metrics, a QC "
                     "report and the training provenance go into the new package's card.",
         formatter_class=HelpFormatter)
     p.add_argument("dataset", type=Path, help="dataset folder")
-    p.add_argument("--task", choices=("semantic", "instances", "classification", "pixels"), required=True,
+    p.add_argument("--task", choices=("semantic", "instances", "classification", "pixels", "n2v", "care", "translate"),
+                   required=True,
                    help="pixels: a random-forest pixel classifier from sparse labels (scribbles, GeoJSON "
-                        "annotations or a painted label image); trains in seconds, no GPU")
+                        "annotations or a painted label image); trains in seconds, no GPU. n2v, care, translate: "
+                        "prediction models (Noise2Void denoising from noisy images alone, restoration from "
+                        "low/high pairs, image translation from source/target pairs)")
     p.add_argument("--name", required=True, help="model name in the registry (a new version if it exists)")
     p.add_argument("--base-model", help="start from this registered model (transfer learning)")
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N encoder stages of the base model")
@@ -41,6 +46,9 @@ def register_cli(subparsers) -> None:
     from dlcore.pixels.cli import add_pixel_arguments
 
     add_pixel_arguments(p)
+    from dlcore.restore.cli import add_restore_arguments
+
+    add_restore_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
@@ -61,6 +69,10 @@ def cmd_train(args) -> int:
         from dlcore.pixels.cli import train_pixels
 
         return train_pixels(args, reproduce=_reproduce(args))
+    if args.task in ("n2v", "care", "translate"):
+        from dlcore.restore.cli import train_restore
+
+        return train_restore(args, reproduce=_reproduce(args))
     from dlcore.config import load_config
     from dlcore.progress import TqdmProgress
     from dlcore.train.api import TrainSpec, train_model

@@ -12,7 +12,10 @@ from pathlib import Path
 RECIPES = {"nuclei": "dlcore.train.recipes.nuclei", "tissue": "dlcore.train.recipes.tissue",
            "classifier": "dlcore.train.recipes.classifier",
            "nuclei-brightfield": "dlcore.train.recipes.nuclei_brightfield",
-           "nuclei-fluorescence": "dlcore.train.recipes.nuclei_fluorescence"}
+           "nuclei-fluorescence": "dlcore.train.recipes.nuclei_fluorescence",
+           # prediction models (dlcore.restore): these recipes train and write their package themselves (run())
+           "translation-ihc": "dlcore.train.recipes.translation_ihc",
+           "denoise-n2v": "dlcore.train.recipes.denoise_n2v"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     recipe = importlib.import_module(RECIPES[args.recipe])
+    if hasattr(recipe, "run"):
+        return recipe.run(registry=args.registry, quick=args.quick, data=args.data)
     started = time.monotonic()
     takes_data = "data" in inspect.signature(recipe.build_dataset).parameters
     if args.data and not takes_data:
