@@ -520,12 +520,14 @@ def dataset_from_images(conn, images: Sequence, options: AnnotationOptions, *, m
     """:func:`dataset_from_omero` for image wrappers already resolved (and checked by the caller)."""
     from dlcore.train.data import AnnotatedDataset
 
-    images = list(images)
+    from dlcore.omero.marker_labels import without_rendered_sources
+
+    images, left_out = without_rendered_sources(conn, list(images))
     planned = [collect_image(conn, image, options) for image in images]  # every check before reading pixels
     classes = _class_ids(planned, options)
     if not classes:
         raise InputError("no classes found; name or tag the ROIs (or tag the images) with their classes")
-    samples, notes = [], {}
+    samples, notes = [], {note: [] for note in left_out}
     for index, (image, plan) in enumerate(zip(images, planned), 1):
         for note in plan.notes:
             notes.setdefault(note, []).append(f"Image:{plan.image_id}")
@@ -541,5 +543,5 @@ def dataset_from_images(conn, images: Sequence, options: AnnotationOptions, *, m
     if options.task == "classification" and len({s.label for s in samples}) < 2:
         raise InputError(f"every sample has the class {samples[0].label!r}; a classifier needs examples of at least "
                          "two classes: annotate (or tag) images of another class too")
-    notes = [f"{', '.join(where)}: {note}" for note, where in notes.items()]
+    notes = [f"{', '.join(where)}: {note}" if where else note for note, where in notes.items()]
     return AnnotatedDataset(tuple(samples), options.task, classes), images, notes

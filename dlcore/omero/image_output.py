@@ -4,7 +4,9 @@ The image goes *beside* its source: a new image named ``<source name> [<model> p
 source's group and datasets, one channel per predicted channel (``LogicalChannel`` names from the
 canvas), written tile by tile from level 0 of the finished :class:`~dlcore.io.image_canvas.ImageCanvas`
 through a ``RawPixelsStore`` (:func:`~dlcore.omero.label_image.write_tiles`, shared with the label image),
-so a slide-sized prediction never passes through memory whole.
+so a slide-sized prediction never passes through memory whole.  :func:`write_new_image` (create, tiles,
+channel ranges and names, pixel size, rendering, deleted on failure) is shared with the haematoxylin-only
+training image of Labels From Marker (:mod:`dlcore.omero.marker_labels`).
 
 Pixel types: uint8 or uint16 only.  OMERO.server stores an image it creates above
 ``omero.pixeldata.max_plane_width x height`` (3192 x 3192 by default) as a pyramid
@@ -105,35 +107,60 @@ def write_predicted_image(conn, canvas, *, name: str, description: str, mpp: flo
     """Create the predicted image from ``canvas`` level 0, unlinked, and return its id.
 
     Its pixels, channel names, channel ranges, pixel size and default rendering settings are all set
-    here.  ``on_created(image_id)`` is called as soon as the image exists (a journal can then delete it
-    if the process dies); if anything fails afterwards the image is deleted, ``on_deleted(image_id)`` is
-    called, and the error raised (when deleting fails too, the image is left to the caller's journal and
-    the deletion's error is logged).
+    here (:func:`write_new_image`).  ``on_created(image_id)`` is called as soon as the image exists (a
+    journal can then delete it if the process dies); if anything fails afterwards the image is deleted,
+    ``on_deleted(image_id)`` is called, and the error raised (when deleting fails too, the image is left to
+    the caller's journal and the deletion's error is logged).
+    """
+    pixels_type = check_canvas(canvas)
+    n, height, width = canvas.levels[0].shape
+    return write_new_image(conn, lambda c, x, y, w, h: canvas.read(0, c, x, y, w, h), width=width, height=height,
+                           channels=canvas.channels, pixels_type=pixels_type, windows=channel_windows(canvas),
+                           colors=channel_colors(n), name=name, description=description, mpp=mpp, context=context,
+                           on_created=on_created, on_deleted=on_deleted)
+
+
+def write_new_image(conn, read: Callable[[int, int, int, int, int], np.ndarray], *, width: int, height: int,
+                    channels: Sequence[str], pixels_type: str, windows: Sequence[tuple[float, float]],
+                    colors: Sequence[tuple[int, int, int]], name: str, description: str, mpp: float | None,
+                    context: dict, on_created: Callable[[int], None] | None = None,
+                    on_deleted: Callable[[int], None] | None = None) -> int:
+    """A new single-plane image, unlinked, written tile by tile; its id.
+
+    ``read(c, x, y, w, h)`` gives channel ``c``'s ``(h, w)`` block (asked for bands of tiles on the
+    server's grid, :func:`~dlcore.omero.label_image.write_tiles`); ``channels`` names the channels.  Each
+    channel's range (``setChannelGlobalMinMax``, the stored values'), the channel names, the pixel size
+    (when ``mpp``) and the default rendering settings (``windows`` and ``colors``, one per channel) are
+    set.  ``on_created(image_id)`` is called as soon as the image exists; a failure afterwards deletes
+    the image, calls ``on_deleted(image_id)`` and raises (when deleting fails too, the image is left to
+    the caller's journal and the deletion's error is logged).  ``pixels_type`` is ``uint8`` or ``uint16``
+    (what an OMERO pyramid holds).
     """
     from dlcore.omero.deleting import delete_objects
     from dlcore.omero.label_image import create_image, pixels_id_of, set_pixel_size, write_tiles
 
-    pixels_type = check_canvas(canvas)
-    n, height, width = canvas.levels[0].shape
+    if pixels_type not in PIXELS_TYPES:
+        raise OutputError(f"a new OMERO image is written as {' or '.join(PIXELS_TYPES)}, not {pixels_type}")
+    n = len(channels)
     image_id = create_image(conn, width, height, n, pixels_type, name=name, description=description, context=context)
     if on_created is not None:
         on_created(image_id)
     try:
         pixels_id = pixels_id_of(conn, image_id, context)
-        ranges = write_tiles(conn, pixels_id, lambda c, x, y, w, h: canvas.read(0, c, x, y, w, h), channels=n,
-                             width=width, height=height, pixels_type=pixels_type, context=context)
+        ranges = write_tiles(conn, pixels_id, read, channels=n, width=width, height=height, pixels_type=pixels_type,
+                             context=context)
         pixels_service = conn.getPixelsService()
         for c, (low, high) in enumerate(ranges):
             pixels_service.setChannelGlobalMinMax(pixels_id, c, float(low), float(high), context)
-        set_channel_names(conn, image_id, canvas.channels, context)
+        set_channel_names(conn, image_id, channels, context)
         if mpp:
             set_pixel_size(conn, image_id, mpp, context)
-        set_rendering(conn, pixels_id, channel_windows(canvas), channel_colors(n), context)
+        set_rendering(conn, pixels_id, windows, colors, context)
     except BaseException:
         try:
             delete_objects(conn, {"Image": [image_id]}, context=context)
         except Exception as exc:  # the run's error is the one to report; the journal keeps the id
-            log.error("Image:%s: deleting the half-written predicted image failed: %s", image_id, exc)
+            log.error("Image:%s: deleting the half-written image failed: %s", image_id, exc)
         else:
             if on_deleted is not None:
                 on_deleted(image_id)

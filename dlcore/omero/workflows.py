@@ -66,8 +66,13 @@ def _parse_ids(ids: Sequence) -> list[int]:
     return list(dict.fromkeys(out))
 
 
-def resolve_images(conn, data_type: str, ids: Sequence) -> list:
+def resolve_images(conn, data_type: str, ids: Sequence, *, skip_training_renderings: bool = False) -> list:
     """The images of the selected objects (datasets and projects expanded), without duplicates.
+
+    A dataset's label images and predicted images (dlcore's results) are left out; so are the haematoxylin-only
+    training images of Labels From Marker (:func:`dlcore.omero.marker_labels.is_training_rendering`) when
+    ``skip_training_renderings``: analyses and Labels From Marker skip them, while Train Model and Train Pixel
+    Classifier (the default) read their ROIs.
 
     Raises :class:`OmeroError` naming every id that does not exist or the user cannot see (reads use
     group context -1, so images of all the user's groups count), and when no image is left.
@@ -89,7 +94,7 @@ def resolve_images(conn, data_type: str, ids: Sequence) -> list:
         )
     images: dict[int, object] = {}
     for obj in objects:
-        for image in _images_of(obj, data_type):
+        for image in _images_of(obj, data_type, skip_training_renderings=skip_training_renderings):
             images.setdefault(int(image.getId()), image)
     if not images:
         where = ", ".join(f"{data_type}:{int(o.getId())}" for o in objects)
@@ -97,16 +102,20 @@ def resolve_images(conn, data_type: str, ids: Sequence) -> list:
     return list(images.values())
 
 
-def _images_of(obj, data_type: str):
+def _images_of(obj, data_type: str, *, skip_training_renderings: bool = False):
     if data_type == "Image":
         return [obj]
     from dlcore.omero.label_image import is_label_image
 
     from dlcore.omero.image_output import is_predicted_image
+    from dlcore.omero.marker_labels import is_training_rendering
+
+    def skipped(description) -> bool:
+        return (is_label_image(description) or is_predicted_image(description)
+                or (skip_training_renderings and is_training_rendering(description)))
 
     datasets = [obj] if data_type == "Dataset" else obj.listChildren()
-    return [image for dataset in datasets for image in dataset.listChildren()
-            if not (is_label_image(image.getDescription()) or is_predicted_image(image.getDescription()))]
+    return [image for dataset in datasets for image in dataset.listChildren() if not skipped(image.getDescription())]
 
 
 def omero_output_dtype(params: dict, output_dtype: str | None) -> str:
@@ -205,7 +214,7 @@ def run_on_objects(
 
     config = config or load_config()
     task = task_for_omero(task_name, dict(params or {}), output_dtype=output_dtype, config=config)
-    images = resolve_images(conn, data_type, ids)
+    images = resolve_images(conn, data_type, ids, skip_training_renderings=True)
     qc_kwargs = {"qc": qc} if qc_options is None else {"qc": qc, "qc_options": qc_options}
     options = RunOptions(mpp=mpp, detect_tissue=detect_tissue, reader_threads=config.reader_threads,
                          work_dir=config.work_dir, checkpoint_every_s=config.checkpoint_every_s, **qc_kwargs)
