@@ -323,8 +323,8 @@ def dataset_pairs(conn, data_type: str, ids, images, request: ImageTrainingReque
     if int(source.getId()) == int(target.getId()):
         raise ParameterError(f"Source_Dataset and Target_Dataset are both {_dataset_label(source)}; pairs come from "
                              "two datasets")
-    sources = _by_stem(resolve_images(conn, "Dataset", [int(source.getId())]), source)
-    targets = _by_stem(resolve_images(conn, "Dataset", [int(target.getId())]), target)
+    sources = _by_stem(resolve_images(conn, "Dataset", [int(source.getId())], skip_training_renderings=True), source)
+    targets = _by_stem(resolve_images(conn, "Dataset", [int(target.getId())], skip_training_renderings=True), target)
     lonely = [image_label(sources[s]) for s in sources if s not in targets]
     unmatched = [image_label(targets[s]) for s in targets if s not in sources]
     if lonely or unmatched:
@@ -686,7 +686,7 @@ def train_image_model_on_objects(conn, data_type: str, ids, request: ImageTraini
     config = config or load_config()
     key = new_model_key(conn, request.name, config)
     ids = list(ids)
-    images = resolve_images(conn, data_type, ids)
+    images = resolve_images(conn, data_type, ids, skip_training_renderings=True)
     if request.pairing == "datasets":
         pairs = dataset_pairs(conn, data_type, ids, images, request)
     else:

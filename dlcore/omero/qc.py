@@ -128,7 +128,7 @@ def qc_on_objects(
 
     config = config or load_config()
     options = options or qc_options({}, threads=config.reader_threads)
-    images = resolve_images(conn, data_type, ids)
+    images = resolve_images(conn, data_type, ids, skip_training_renderings=True)
     budget = session_budget(conn)
     reports: list[ImageReport] = []
     for index, image in enumerate(images, 1):

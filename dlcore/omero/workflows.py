@@ -71,8 +71,8 @@ def resolve_images(conn, data_type: str, ids: Sequence, *, skip_training_renderi
 
     A dataset's label images and predicted images (dlcore's results) are left out; so are the haematoxylin-only
     training images of Labels From Marker (:func:`dlcore.omero.marker_labels.is_training_rendering`) when
-    ``skip_training_renderings``: analyses and Labels From Marker skip them, while Train Model and Train Pixel
-    Classifier (the default) read their ROIs.
+    ``skip_training_renderings``: analyses, QC, Labels From Marker and Train Image Model skip them, while Train
+    Model and Train Pixel Classifier (the default) read their ROIs.
 
     Raises :class:`OmeroError` naming every id that does not exist or the user cannot see (reads use
     group context -1, so images of all the user's groups count), and when no image is left.
