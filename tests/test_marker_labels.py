@@ -12,8 +12,9 @@ from skimage.filters import threshold_otsu
 
 from dlcore.cli import main as cli_main
 from dlcore.errors import DlcoreError, InputError, ParameterError, SlideError
+from dlcore.marker.dataset import labels_from_marker
 from dlcore.marker.labels import (MAX_PIXELS, PROVENANCE_FILE, MarkerSpec, derive_labels, hematoxylin_rendering,
-                                  labels_from_marker, parse_region, stain_matrix)
+                                  parse_region, stain_matrix)
 from dlcore.train.data import load_folder
 
 IHC = data.immunohistochemistry()

@@ -98,7 +98,8 @@ def spec_from_args(args):
 
 def cmd_annotate_from_marker(args) -> int:
     """Run ``dlcore annotate-from-marker``."""
-    from dlcore.marker.labels import labels_from_marker, parse_region
+    from dlcore.marker.dataset import labels_from_marker
+    from dlcore.marker.labels import parse_region
     from dlcore.progress import TqdmProgress
 
     spec, marker_image = spec_from_args(args)

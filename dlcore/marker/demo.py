@@ -111,7 +111,8 @@ def run_marker_demo(out: str | Path, *, threads: int | None = None, log=print) -
     from skimage import data
 
     from dlcore.errors import InputError
-    from dlcore.marker.labels import MarkerSpec, labels_from_marker
+    from dlcore.marker.dataset import labels_from_marker
+    from dlcore.marker.labels import MarkerSpec
     from dlcore.pixels.features import FeatureSpec
     from dlcore.pixels.forest import CompiledForest, ForestSettings
     from dlcore.pixels.task import classify_pixels
