@@ -114,12 +114,13 @@ def _reproduce(args) -> str:
 
 def cmd_export_dataset(args) -> int:
     """Run ``dlcore export-dataset``."""
-    from dlcore.train.data import describe, export_dataset, load_folder
+    from dlcore.train.data import count_objects, export_dataset, load_folder
+    from dlcore.train.task_inference import summarize_classes
 
-    dataset = load_folder(args.dataset, task=args.task, mpp=args.mpp)
+    dataset = load_folder(args.dataset, task=args.task, mpp=args.mpp, explain=lambda line: print(f"task: {line}"))
     out = export_dataset(dataset, args.out, description=args.description)
-    info = describe(dataset)
-    print(f"✓ {out}: {info['samples']} {dataset.task} samples, classes {', '.join(dataset.classes)}")
+    print(f"✓ {out}: {len(dataset.samples)} {dataset.task} samples, "
+          f"{summarize_classes(dataset.task, dataset.classes, ids=count_objects(dataset))}")
     return 0
 
 

@@ -226,7 +226,7 @@ def _read_groups(root: Path) -> dict[str, str]:
 
 
 def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str, ...] | None = None,
-                mpp: float | None = None) -> AnnotatedDataset:
+                mpp: float | None = None, explain: Callable[[str], None] | None = None) -> AnnotatedDataset:
     """Load an annotated dataset from a local folder.
 
     Parameters
@@ -237,39 +237,43 @@ def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str
         (semantic or instances);
         class folders ``root/<class>/*.png`` (classification).
         An optional ``groups.csv`` (columns ``image``, ``group``; image = file stem) sets split groups;
-        by default each image is its own group.  An optional ``classes.txt`` names the classes, one per line.
-    task : ``"semantic"`` (default for masks) or ``"instances"``; classification is implied by class folders.
-    classes : class names; default from ``classes.txt``, else ``class_1..class_n`` (semantic) or ``("nucleus",)``.
+        by default each image is its own group.  An optional class table (``classes.txt``, one name per
+        line, or ``classes.csv`` / ``classes.json``) names the classes.
+    task : ``"semantic"`` or ``"instances"``; by default inferred from the masks and the class table
+        (:func:`dlcore.train.task_inference.infer_task`: many one-blob ids are instances, a class table
+        makes it semantic, an ambiguous folder raises :class:`InputError` asking for the task).
+        Classification is implied by class folders.
+    classes : class names; default from the class table, else ``class_1..class_n`` (semantic, at most
+        16) or ``("nucleus",)`` (instances).
     mpp : pixel size in µm recorded in every sample.
+    explain : called with one line saying which task was chosen and why (masks folders only).
 
     Returns
     -------
     AnnotatedDataset
     """
+    from dlcore.train.task_inference import infer_task
+
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"dataset folder {root} does not exist")
     if (root / "dataset.json").is_file():
         return load_exported(root)
     groups = _read_groups(root)
-    if classes is None and (root / "classes.txt").is_file():
-        classes = tuple(line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip())
     if (root / "images").is_dir() and (root / "labels").is_dir():
-        task = task or "semantic"
-        if task not in ("semantic", "instances"):
+        if task not in (None, "semantic", "instances"):
             raise ParameterError(f"task={task!r}: a folder with images/ and labels/ is for 'semantic' or 'instances'")
         samples = []
         for path, label in image_label_pairs(root):
             image = read_image(path)
             samples.append(Sample(image, read_label(label, image.shape[:2]), None, str(path),
                                   groups.get(image_stem(path), image_stem(path)), mpp))
-        if classes is None:
-            if task == "instances":
-                classes = ("nucleus",)
-            else:
-                top = max(int(s.mask.max()) for s in samples)
-                classes = tuple(f"class_{i}" for i in range(1, max(top, 1) + 1))
-        return AnnotatedDataset(tuple(samples), task, tuple(classes))
+        choice = infer_task(root, [s.mask for s in samples], task=task, classes=classes)
+        if explain:
+            explain(choice.reason)
+        return AnnotatedDataset(tuple(samples), choice.task, choice.classes)
+    if classes is None and (root / "classes.txt").is_file():
+        classes = tuple(line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip())
     folders = sorted(p for p in root.iterdir() if p.is_dir() and _image_files(p))
     if not folders:
         raise InputError(f"{root} has neither dataset.json, nor images/ + labels/, nor class folders with images")
@@ -347,11 +351,20 @@ def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, descriptio
     return out
 
 
+def count_objects(dataset: AnnotatedDataset) -> int | None:
+    """The number of objects (non-zero ids per mask, summed) of an ``instances`` dataset, else None."""
+    if dataset.task != "instances":
+        return None
+    return sum(int(np.count_nonzero(np.unique(s.mask))) for s in dataset.samples if s.mask is not None)
+
+
 def _readme(dataset: AnnotatedDataset, description: str) -> str:
+    from dlcore.train.task_inference import summarize_classes
+
     summary = describe(dataset)
     return (f"# Annotated dataset ({dataset.task})\n\n{description}\n\n"
             f"- samples: {summary['samples']}, split groups: {summary['groups']}\n"
-            f"- classes: {', '.join(dataset.classes)}\n"
+            f"- classes: {summarize_classes(dataset.task, dataset.classes, ids=count_objects(dataset))}\n"
             "- `images/*.ome.tif`: the images (OME-TIFF; RGB stored as YXS, other channels as CYX)\n"
             + ("- `labels/*.ome.tif`: label masks (YX integers; see `label_values` in dataset.json)\n"
                if dataset.task != "classification" else "- image classes: column `class` of samples.csv\n")
