@@ -60,6 +60,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--task", choices=("semantic", "instances", "classification"))
     p.add_argument("--mpp", type=float, help="pixel size of the images in µm")
     p.add_argument("--description", default="", help="what the dataset is (goes into README.md and dataset.json)")
+    p.add_argument("--metadata", type=Path,
+                   help="the facility's archive metadata (YAML: study, biosample, specimen, image_acquisition, "
+                        "annotation; MIFA/REMBI field names); without it, or with fields missing, the export is "
+                        "written but not submission-ready, and archive.example.yaml in it shows what to fill")
     p.set_defaults(func=cmd_export_dataset)
 
 
@@ -114,13 +118,22 @@ def _reproduce(args) -> str:
 
 def cmd_export_dataset(args) -> int:
     """Run ``dlcore export-dataset``."""
+    from dlcore.train.archive_metadata import load_archive_metadata, readiness
     from dlcore.train.data import count_objects, export_dataset, load_folder
     from dlcore.train.task_inference import summarize_classes
 
+    archive = load_archive_metadata(getattr(args, "metadata", None), source=args.dataset)  # before any writing
     dataset = load_folder(args.dataset, task=args.task, mpp=args.mpp, explain=lambda line: print(f"task: {line}"))
-    out = export_dataset(dataset, args.out, description=args.description)
+    out = export_dataset(dataset, args.out, description=args.description, archive=archive)
     print(f"✓ {out}: {len(dataset.samples)} {dataset.task} samples, "
           f"{summarize_classes(dataset.task, dataset.classes, ids=count_objects(dataset))}")
+    verdict = readiness(out)
+    if verdict["submission_ready"]:
+        print("archive: submission-ready (mifa.json, rembi.json, file_list.tsv complete)")
+    else:
+        print(f"archive: NOT submission-ready, {len(verdict['missing'])} required field(s) missing: "
+              f"{', '.join(verdict['missing'])}\n  fill them in a YAML (template: {out / 'archive.example.yaml'}) "
+              "and export again with --metadata")
     return 0
 
 

@@ -309,8 +309,11 @@ def _safe_id(index: int, source: str) -> str:
 
 
 def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, description: str = "",
-                   progress: Callable[[str, int, int], None] | None = None) -> Path:
+                   progress: Callable[[str, int, int], None] | None = None, archive=None) -> Path:
     """Write the dataset in the archive layout (see the module docstring); returns ``out_dir``.
+
+    ``archive``: the facility's :class:`~dlcore.train.archive_metadata.ArchiveMetadata` (None: none yet);
+    mifa.json, rembi.json and file_list.tsv are written either way, saying whether it is submission-ready.
 
     Images and labels are OME-TIFF (readable by Fiji/Bio-Formats, QuPath, napari, OMERO); the
     metadata is JSON plus a CSV table and a README.  Refuses to write into a non-empty folder.
@@ -348,6 +351,9 @@ def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, descriptio
         writer.writeheader()
         writer.writerows(rows)
     (out / "README.md").write_text(_readme(dataset, description))
+    from dlcore.train.archive_metadata import write_archive_metadata
+
+    write_archive_metadata(out, dataset, rows, archive)
     return out
 
 
