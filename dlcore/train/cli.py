@@ -52,7 +52,7 @@ def register_cli(subparsers) -> None:
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
-        "export-dataset", help="write an annotated dataset as OME-TIFF images/labels + dataset.json",
+        "export-dataset", help="write an annotated dataset as OME-TIFF or OME-Zarr images/labels + dataset.json",
         description="Export a local annotated dataset to the archive-ready layout: images/*.ome.tif, "
                     "labels/*.ome.tif, dataset.json, samples.csv and a README.")
     p.add_argument("dataset", type=Path, help="dataset folder (images/ + labels/, or class folders)")
@@ -60,6 +60,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--task", choices=("semantic", "instances", "classification"))
     p.add_argument("--mpp", type=float, help="pixel size of the images in µm")
     p.add_argument("--description", default="", help="what the dataset is (goes into README.md and dataset.json)")
+    p.add_argument("--format", choices=("ome-tiff", "ome-zarr"), default="ome-tiff",
+                   help="ome-zarr: images/<id>.ome.zarr (NGFF 0.4, pixel size in µm, channel names), each mask an "
+                        "image-label under the image's labels/ group")
     p.add_argument("--metadata", type=Path,
                    help="the facility's archive metadata (YAML: study, biosample, specimen, image_acquisition, "
                         "annotation; MIFA/REMBI field names); without it, or with fields missing, the export is "
@@ -124,7 +127,8 @@ def cmd_export_dataset(args) -> int:
 
     archive = load_archive_metadata(getattr(args, "metadata", None), source=args.dataset)  # before any writing
     dataset = load_folder(args.dataset, task=args.task, mpp=args.mpp, explain=lambda line: print(f"task: {line}"))
-    out = export_dataset(dataset, args.out, description=args.description, archive=archive)
+    out = export_dataset(dataset, args.out, description=args.description, archive=archive,
+                         image_format=getattr(args, "format", "ome-tiff"))
     print(f"✓ {out}: {len(dataset.samples)} {dataset.task} samples, "
           f"{summarize_classes(dataset.task, dataset.classes, ids=count_objects(dataset))}")
     verdict = readiness(out)

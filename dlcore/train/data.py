@@ -13,6 +13,9 @@ The archive layout written by :func:`export_dataset` is::
       README.md           what the archive holds and how to read it
       images/<id>.ome.tif one OME-TIFF per sample (RGB as YXS, other channels as CYX)
       labels/<id>.ome.tif the label mask (YX, uint16/uint32) for semantic and instance tasks
+
+With ``--format ome-zarr`` each sample is instead ``images/<id>.ome.zarr`` (NGFF 0.4), its mask the
+image-label ``labels/<task>`` inside it (:mod:`dlcore.train.ome_zarr_export`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ TASKS = ("semantic", "instances", "classification")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 LABEL_SUFFIXES = (*IMAGE_SUFFIXES, ".xml")
 FORMAT_VERSION = 1
+EXPORT_FORMATS = ("ome-tiff", "ome-zarr")
 
 
 @dataclass(frozen=True)
@@ -309,38 +313,52 @@ def _safe_id(index: int, source: str) -> str:
 
 
 def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, description: str = "",
-                   progress: Callable[[str, int, int], None] | None = None, archive=None) -> Path:
+                   progress: Callable[[str, int, int], None] | None = None, archive=None,
+                   image_format: str = "ome-tiff") -> Path:
     """Write the dataset in the archive layout (see the module docstring); returns ``out_dir``.
 
     ``archive``: the facility's :class:`~dlcore.train.archive_metadata.ArchiveMetadata` (None: none yet);
     mifa.json, rembi.json and file_list.tsv are written either way, saying whether it is submission-ready.
 
-    Images and labels are OME-TIFF (readable by Fiji/Bio-Formats, QuPath, napari, OMERO); the
-    metadata is JSON plus a CSV table and a README.  Refuses to write into a non-empty folder.
+    Images and labels are OME-TIFF (readable by Fiji/Bio-Formats, QuPath, napari, OMERO), or with
+    ``image_format="ome-zarr"`` one NGFF image per sample, its mask an image-label inside it
+    (:mod:`dlcore.train.ome_zarr_export`); the metadata is JSON plus a CSV table and a README.
+    Refuses to write into a non-empty folder.
     """
+    if image_format not in EXPORT_FORMATS:
+        raise ParameterError(f"image_format={image_format!r} must be one of {EXPORT_FORMATS}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"export folder {out} is not empty; choose a new folder")
     (out / "images").mkdir(parents=True, exist_ok=True)
-    if dataset.task != "classification":
+    if dataset.task != "classification" and image_format == "ome-tiff":
         (out / "labels").mkdir(exist_ok=True)
     rows = []
     for index, s in enumerate(dataset.samples):
         sid = _safe_id(index, s.source)
-        image_file = f"images/{sid}.ome.tif"
-        axes = _write_ome(out / image_file, s.image, mpp=s.mpp, name=s.source)
-        label_file = None
-        if s.mask is not None:
-            label_file = f"labels/{sid}.ome.tif"
-            mask = s.mask.astype(np.uint16 if s.mask.size == 0 or (s.mask.min() >= 0 and s.mask.max() < 65536)
-                                 else s.mask.dtype)
-            _write_ome(out / label_file, mask, mpp=s.mpp, name=f"{s.source} labels")
+        if image_format == "ome-zarr":
+            from dlcore.train.ome_zarr_export import write_ome_zarr
+
+            image_file = f"images/{sid}.ome.zarr"
+            label_file = None if s.mask is None else f"{image_file}/labels/{dataset.task}"
+            axes = write_ome_zarr(out / image_file, s.image, mask=s.mask, mpp=s.mpp, name=s.source,
+                                  task=dataset.task, classes=dataset.classes)
+        else:
+            image_file = f"images/{sid}.ome.tif"
+            axes = _write_ome(out / image_file, s.image, mpp=s.mpp, name=s.source)
+            label_file = None
+            if s.mask is not None:
+                label_file = f"labels/{sid}.ome.tif"
+                mask = s.mask.astype(np.uint16 if s.mask.size == 0 or (s.mask.min() >= 0 and s.mask.max() < 65536)
+                                     else s.mask.dtype)
+                _write_ome(out / label_file, mask, mpp=s.mpp, name=f"{s.source} labels")
         rows.append({"id": sid, "image": image_file, "image_axes": axes, "labels": label_file,
                      "class": s.label, "source": s.source, "group": s.group, "mpp": s.mpp,
                      "dtype": str(s.image.dtype), "mask_dtype": None if s.mask is None else str(s.mask.dtype)})
         if progress:
             progress("export", index + 1, len(dataset.samples))
-    meta = {"format": "dlcore-annotated-dataset", "format_version": FORMAT_VERSION, "task": dataset.task,
+    meta = {"format": "dlcore-annotated-dataset", "format_version": FORMAT_VERSION, "image_format": image_format,
+            "task": dataset.task,
             "classes": list(dataset.classes), "description": description,
             "label_values": ("0 = background/unlabelled, i = classes[i-1]" if dataset.task == "semantic"
                              else "0 = background, 1..n = object ids" if dataset.task == "instances" else None),
@@ -350,7 +368,7 @@ def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, descriptio
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "README.md").write_text(_readme(dataset, description))
+    (out / "README.md").write_text(_readme(dataset, description, image_format=image_format))
     from dlcore.train.archive_metadata import write_archive_metadata
 
     write_archive_metadata(out, dataset, rows, archive)
@@ -364,20 +382,29 @@ def count_objects(dataset: AnnotatedDataset) -> int | None:
     return sum(int(np.count_nonzero(np.unique(s.mask))) for s in dataset.samples if s.mask is not None)
 
 
-def _readme(dataset: AnnotatedDataset, description: str) -> str:
+def _readme(dataset: AnnotatedDataset, description: str, *, image_format: str = "ome-tiff") -> str:
     from dlcore.train.task_inference import summarize_classes
 
     summary = describe(dataset)
+    if image_format == "ome-zarr":
+        files = ("- `images/*.ome.zarr`: the images (OME-Zarr, NGFF 0.4: axes c, y, x, a 2x downsampled pyramid, "
+                 "scale in micrometres, omero channel names)\n"
+                 + (f"- `images/*.ome.zarr/labels/{dataset.task}`: label masks as NGFF image-labels (y, x integers; "
+                    "class names or object ids in `image-label` properties; see `label_values` in dataset.json)\n"
+                    if dataset.task != "classification" else "- image classes: column `class` of samples.csv\n"))
+    else:
+        files = ("- `images/*.ome.tif`: the images (OME-TIFF; RGB stored as YXS, other channels as CYX)\n"
+                 + ("- `labels/*.ome.tif`: label masks (YX integers; see `label_values` in dataset.json)\n"
+                    if dataset.task != "classification" else "- image classes: column `class` of samples.csv\n"))
     return (f"# Annotated dataset ({dataset.task})\n\n{description}\n\n"
             f"- samples: {summary['samples']}, split groups: {summary['groups']}\n"
             f"- classes: {summarize_classes(dataset.task, dataset.classes, ids=count_objects(dataset))}\n"
-            "- `images/*.ome.tif`: the images (OME-TIFF; RGB stored as YXS, other channels as CYX)\n"
-            + ("- `labels/*.ome.tif`: label masks (YX integers; see `label_values` in dataset.json)\n"
-               if dataset.task != "classification" else "- image classes: column `class` of samples.csv\n")
+            + files
             + "- `dataset.json`: task, classes and per-sample metadata (source, split group, pixel size)\n"
             "- `samples.csv`: the same table for spreadsheets\n\n"
             "Samples with the same `group` come from the same specimen/image and must stay on one side of a "
-            "train/test split.  Load it with `dlcore.train.data.load_exported(path)` or any OME-TIFF reader.\n")
+            "train/test split.  Load it with `dlcore.train.data.load_exported(path)` or any "
+            f"{'OME-Zarr (e.g. ome-zarr-py, napari)' if image_format == 'ome-zarr' else 'OME-TIFF'} reader.\n")
 
 
 def load_exported(root: str | Path) -> AnnotatedDataset:
@@ -391,9 +418,17 @@ def load_exported(root: str | Path) -> AnnotatedDataset:
         raise InputError(f"{meta_path} is not a dlcore dataset (format={meta.get('format')!r})")
     samples = []
     for row in meta["samples"]:
-        image = read_image(root / row["image"]).astype(row["dtype"], copy=False)
-        mask = None
-        if row["labels"]:
-            mask = read_mask(root / row["labels"]).astype(row["mask_dtype"], copy=False)
-        samples.append(Sample(image, mask, row["class"], row["source"], row["group"], row["mpp"]))
+        mpp = row["mpp"]
+        if row["image"].endswith(".zarr"):
+            from dlcore.train.ome_zarr_export import read_ome_zarr
+
+            stored = read_ome_zarr(root / row["image"])
+            image, mask, mpp = stored.image, stored.mask if row["labels"] else None, stored.mpp or mpp
+        else:
+            image = read_image(root / row["image"])
+            mask = read_mask(root / row["labels"]) if row["labels"] else None
+        image = image.astype(row["dtype"], copy=False)
+        if mask is not None:
+            mask = mask.astype(row["mask_dtype"], copy=False)
+        samples.append(Sample(image, mask, row["class"], row["source"], row["group"], mpp))
     return AnnotatedDataset(tuple(samples), meta["task"], tuple(meta["classes"]))
