@@ -5,8 +5,13 @@
   of the report folder and the card) and the model card attached to the images' datasets
   (namespace ``dlcore/training``);
 - :func:`export_objects`: the same dataset written by :func:`dlcore.train.data.export_dataset`
-  (OME-TIFF images and labels, ``dataset.json``, ``samples.csv``, README) as one zip attached to the
-  images' datasets (namespace ``dlcore/export``).
+  (OME-TIFF or OME-Zarr images and labels, ``dataset.json``, ``samples.csv``, README, and the BioImage
+  Archive metadata ``mifa.json``, ``rembi.json``, ``file_list.tsv``) as one zip attached to the images'
+  datasets (namespace ``dlcore/export``), or, for large sets, as a folder in the node's configured
+  ``export_dir``.  The facility's archive YAML is a FileAnnotation in OMERO (``Archive_Metadata``); the
+  provenance of each image's annotations (who drew its ROIs and when, the dlcore key-values of automatic
+  ones such as Labels From Marker's) and its tags and key-values (sample attributes) go into the
+  annotation metadata (:func:`annotation_provenance`).
 
 Everything is checked before the long work: ids, annotations, classes, and that the user may
 annotate at least one of the images' datasets (else the report would have nowhere to go).  Files
@@ -44,6 +49,18 @@ FROM_SCRATCH = "(none: train from scratch)"
 ADVANCED = ("steps_per_epoch", "batch_size", "lr", "weight_decay", "patch_size", "channels", "classifier_width",
             "classifier_depth", "val_fraction", "test_fraction", "seed", "patience", "boundary_width", "min_size",
             "tile_size", "halo", "threads", "max_seconds", "augment")
+
+
+FORMATS = {"OME-TIFF": "ome-tiff", "OME-Zarr": "ome-zarr"}
+ATTACH, FOLDER = "attach zip to the dataset", "export folder"
+DESTINATIONS = {ATTACH: "attach", FOLDER: "folder"}
+YAML_SUFFIXES = (".yaml", ".yml")
+MAX_YAML_BYTES = 1 << 20
+#: who drew each ROI of an image, and when (owner and creation event, from the ROI's details)
+Q_ROI_AUTHORS = ("select r.id, r.description, o.omeName, o.firstName, o.lastName, e.time from Roi r "
+                 "join r.details.owner o join r.details.creationEvent e where r.image.id = :iid order by r.id")
+Q_IMAGE_MAPS = ("select l from ImageAnnotationLink l join fetch l.child a "
+                "where l.parent.id = :iid and a.class = MapAnnotation")
 
 
 # -- the scripts' parameters ------------------------------------------------------------------
@@ -117,10 +134,21 @@ def training_params(grouping: int) -> list:
 
 
 def export_params(grouping: int) -> list:
-    """The export's description."""
-    return [scripts.String("Description", grouping=f"{grouping}",
+    """The export's description, image format, archive metadata and destination."""
+    g = grouping
+    return [scripts.String("Description", grouping=f"{g}",
                            description="What the dataset is (staining, scanner, who annotated); goes into the "
-                                       "archive's README.md and dataset.json")]
+                                       "archive's README.md and dataset.json"),
+            scripts.String("Format", grouping=f"{g + 1}", default="OME-TIFF", values=[rstring(f) for f in FORMATS],
+                           description="OME-TIFF files, or one OME-Zarr (NGFF) per image with its labels inside"),
+            scripts.Long("Archive_Metadata", grouping=f"{g + 2}", min=0,
+                         description="ID of a FileAnnotation holding the facility's archive YAML (study, biosample, "
+                                     "specimen, acquisition, annotation; the template is archive.example.yaml in "
+                                     "any export). Empty: the export says it is NOT submission-ready"),
+            scripts.String("Destination", grouping=f"{g + 3}", default=ATTACH,
+                           values=[rstring(d) for d in DESTINATIONS],
+                           description="Attach the zip to the images' dataset, or (large sets) write the folder "
+                                       "into the export folder your facility configured on the analysis node")]
 
 
 # -- reading the inputs -----------------------------------------------------------------------
@@ -238,6 +266,136 @@ def _dataset(conn, data_type, ids, options, mpp, progress):
     return dataset, images, datasets, notes
 
 
+def archive_from_annotation(conn, annotation_id: int | None):
+    """The facility's :class:`~dlcore.train.archive_metadata.ArchiveMetadata` from a YAML FileAnnotation
+    (None: no metadata given).  Raises :class:`ParameterError` for a missing, non-YAML or too large file
+    and for its content (unknown keys, wrong values), naming the annotation."""
+    from dlcore.errors import InputError
+    from dlcore.train.archive_metadata import load_archive_metadata
+
+    if not annotation_id:
+        return None
+    what = f"Archive_Metadata=FileAnnotation:{int(annotation_id)}"
+    wrapper = conn.getObject("FileAnnotation", int(annotation_id))
+    if wrapper is None:
+        raise ParameterError(f"{what}: not found, or not visible to you in your current group; attach the "
+                             "facility's archive YAML to a dataset or project and give its ID")
+    name = str(wrapper.getFileName() or "")
+    if not name.lower().endswith(YAML_SUFFIXES):
+        raise ParameterError(f"{what} is {name!r}, not a YAML file (.yaml or .yml); give the ID of the archive "
+                             "YAML (start from archive.example.yaml of any export)")
+    size = int(wrapper.getFileSize() or 0)
+    if size > MAX_YAML_BYTES:
+        raise ParameterError(f"{what} ({name}) is {size} bytes; an archive YAML is a few kB: is it the right file?")
+    data = b"".join(wrapper.getFileInChunks())
+    label = f"{what} ({name})"
+    folder = Path(tempfile.mkdtemp(prefix="dlcore-archive-yaml-"))
+    try:
+        path = folder / "archive.yaml"
+        path.write_bytes(data)
+        try:
+            meta = load_archive_metadata(path)
+        except (InputError, ParameterError) as exc:
+            raise ParameterError(str(exc).replace(str(path), label)) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return dataclasses.replace(meta, source=f"OMERO FileAnnotation:{int(annotation_id)} {name}")
+
+
+def _iso(ms) -> str | None:
+    import datetime
+
+    if ms is None:
+        return None
+    return datetime.datetime.fromtimestamp(int(ms) / 1000, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _rv(value):
+    return value.getValue() if hasattr(value, "getValue") else value
+
+
+def annotation_provenance(conn, images, options) -> dict[str, dict]:
+    """Who annotated each image, when and how, keyed ``Image:<id>`` (the samples' group), for
+    :func:`dlcore.train.data.export_dataset`'s ``annotation_provenance``.
+
+    Per image: the ROIs used (those dlcore wrote as results, description ``dlcore:``, are left out as the
+    dataset leaves them out) with their owner and creation time (the ROI's details: owner, creation
+    event); ROIs of Labels From Marker (description ``dlcore-marker-labels:<run id>``) are automatic, their
+    provenance the image's ``dlcore/marker-labels`` key-values of that run (method, marker, threshold,
+    parameters, dlcore version, created, run id); the image's tags and its key-values of non-dlcore
+    namespaces are the sample's attributes.
+    """
+    from dlcore.omero.annotated import DLCORE_ROI_PREFIX, READ_CONTEXT, _params, image_tags
+    from dlcore.omero.annotations import NS_PREFIX, namespace
+    from dlcore.omero.marker_labels import ROI_PREFIX, RUN_KEY
+
+    query = conn.getQueryService()
+    out = {}
+    for image in images:
+        iid = int(image.getId())
+        runs: dict[str, dict] = {}
+        key_values: dict[str, dict] = {}
+        for link in query.findAllByQuery(Q_IMAGE_MAPS, _params(iid=iid), READ_CONTEXT):
+            child = link.getChild()
+            ns = str(_rv(child.getNs()) or "")
+            pairs = {nv.name: nv.value for nv in (child.getMapValue() or [])}
+            if ns == namespace(RUN_KEY) and pairs.get("run id"):
+                runs.setdefault(pairs["run id"], pairs)
+            elif not ns.startswith(NS_PREFIX):
+                key_values.setdefault(ns or "(no namespace)", {}).update(pairs)
+        rois, automatic = [], {}
+        for rid, desc, login, first, last, ms in query.projection(Q_ROI_AUTHORS, _params(iid=iid), READ_CONTEXT):
+            desc = str(_rv(desc) or "")
+            if desc.startswith(DLCORE_ROI_PREFIX) and not options.include_dlcore_rois:
+                continue
+            full = " ".join(str(_rv(n)) for n in (first, last) if _rv(n))
+            who = f"{_rv(login)} ({full})" if full else str(_rv(login))
+            record = {"id": int(_rv(rid)), "owner": who, "created": _iso(_rv(ms)), "automatic": False}
+            if desc.startswith(ROI_PREFIX):
+                run_id = desc[len(ROI_PREFIX):]
+                pairs = runs.get(run_id, {})
+                record.update(automatic=True, run_id=run_id)
+                automatic.setdefault(run_id, {
+                    "software": "dlcore Labels From Marker", "version": pairs.get("dlcore version"),
+                    "method": pairs.get("method"), "marker": pairs.get("marker"),
+                    "threshold": pairs.get("threshold"), "run_id": run_id, "created": pairs.get("created"),
+                    "parameters": pairs.get("parameters"), "launched_by": who,
+                    **({} if pairs else {"note": "its dlcore/marker-labels key-value pairs are gone"})})
+            rois.append(record)
+        times = sorted(r["created"] for r in rois if r["created"])
+        kinds = {r["automatic"] for r in rois}
+        out[f"Image:{iid}"] = {
+            "image": f"Image:{iid} {image.getName()}",
+            "annotators": list(dict.fromkeys(r["owner"] for r in rois if not r["automatic"])),
+            "created": times[0] if times else None, "modified": times[-1] if times else None,
+            "method_type": ("automatic" if kinds == {True} else "manual" if kinds == {False} else
+                            "mixed" if kinds else None),
+            "automatic": [{k: v for k, v in a.items() if v is not None} for a in automatic.values()],
+            "rois": rois,
+            "attributes": {"tags": image_tags(conn, iid), "key_values": key_values}}
+    return out
+
+
+def export_destination(inputs_value: str | None, config) -> Path | None:
+    """None to attach a zip; the node's ``export_dir`` for the export folder (checked: configured, a
+    writable folder), else :class:`ParameterError`."""
+    import os
+
+    choice = _choice({"Destination": inputs_value}, "Destination", DESTINATIONS, ATTACH)
+    if choice == "attach":
+        return None
+    folder = getattr(config, "export_dir", None)
+    if not folder:
+        raise ParameterError(f"Destination={FOLDER!r}: no export folder is configured on this node; ask the "
+                             "administrator to set export_dir in /etc/dlcore/dlcore.toml, or attach the zip instead")
+    folder = Path(folder)
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ParameterError(f"Destination={FOLDER!r}: the export folder {folder} (export_dir of "
+                             f"{getattr(config, 'source', None) or 'the configuration'}) is not a writable folder; "
+                             "ask the administrator to create it, or attach the zip instead")
+    return folder
+
+
 def _provenance(images, options, notes) -> str:
     where = ", ".join(f"Image:{int(i.getId())} {i.getName()}" for i in images[:20])
     more = f" and {len(images) - 20} more" if len(images) > 20 else ""
@@ -328,32 +486,71 @@ def train_on_objects(conn, data_type: str, ids, *, options, name: str, base_mode
 
 
 def export_objects(conn, data_type: str, ids, *, options, description: str = "", mpp: float | None = None,
-                   config=None, progress=None) -> dict:
-    """Export the annotated OMERO images as an archive (zip) attached to their datasets.
+                   config=None, progress=None, image_format: str = "ome-tiff", archive_annotation: int | None = None,
+                   destination: str | None = None) -> dict:
+    """Export the annotated OMERO images as an archive: a zip attached to their datasets, or a folder.
 
-    Parameters are those of :func:`train_on_objects`.  Returns a dict with ``annotation`` (the
-    FileAnnotation id), ``file`` (the zip's name), ``datasets``, ``samples``, ``images`` and ``notes``.
+    Parameters are those of :func:`train_on_objects`, and ``image_format`` (``"ome-tiff"`` or
+    ``"ome-zarr"``), ``archive_annotation`` (ID of the FileAnnotation holding the facility's archive YAML;
+    None: none, the export says it is not submission-ready) and ``destination`` (``"attach"``, the
+    default, or ``"folder"``: a new folder in the configured ``export_dir``, nothing attached).  Every
+    input, the YAML included, is checked before any pixels are read.  Returns a dict with ``annotation``
+    (the FileAnnotation id, None for a folder), ``file`` (the zip's name), ``folder`` (the folder written,
+    or None), ``datasets``, ``samples``, ``images``, ``notes`` and ``readiness`` (``submission_ready``,
+    ``missing``).
     """
+    from datetime import datetime, timezone
+    from uuid import uuid4
+
     from dlcore.config import load_config
-    from dlcore.train.data import export_dataset
+    from dlcore.omero.annotated import dataset_from_images
+    from dlcore.omero.workflows import resolve_images
+    from dlcore.train.archive_metadata import readiness
+    from dlcore.train.data import EXPORT_FORMATS, export_dataset
 
     config = config or load_config()
-    dataset, images, datasets, notes = _dataset(conn, data_type, ids, options, mpp, progress)
-    scratch = _scratch(config)
-    try:
-        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in datasets[0].getName())[:60] or "dataset"
-        folder = export_dataset(dataset, scratch / "export", description=description or _provenance(images, options, notes),
-                                progress=progress)
-        archive = _zip(folder, scratch / f"{stem}-{dataset.task}-annotated")
-        attached = attach_files(conn, [(archive, "application/zip",
-                                        f"annotated {dataset.task} dataset ({len(dataset.samples)} samples, classes "
-                                        f"{', '.join(dataset.classes)}): OME-TIFF images and labels, dataset.json")],
-                                datasets, NS_EXPORT)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return {"annotation": next(iter(attached.values())), "file": archive.name,
+    image_format = _choice({"Format": image_format}, "Format", FORMATS, "OME-TIFF")
+    if image_format not in EXPORT_FORMATS:
+        raise ParameterError(f"Format={image_format!r} must be one of {', '.join(FORMATS)}")
+    export_dir = export_destination(destination, config)
+    archive = archive_from_annotation(conn, archive_annotation)
+    images = resolve_images(conn, data_type, ids)
+    datasets = report_datasets(images) if export_dir is None else []  # checked before any pixels are read
+    dataset, images, notes = dataset_from_images(conn, images, options, mpp=mpp, progress=progress)
+    provenance = annotation_provenance(conn, images, options)
+    parents = datasets or [p for i in images[:1] for p in i.listParents() if p.OMERO_CLASS == "Dataset"][:1]
+    stem = ("".join(c if c.isalnum() or c in "-_" else "_" for c in (parents[0].getName() if parents else ""))[:60]
+            or "images")
+    text = description or _provenance(images, options, notes)
+    what = (f"annotated {dataset.task} dataset ({len(dataset.samples)} samples, classes {', '.join(dataset.classes)}): "
+            f"{'OME-Zarr' if image_format == 'ome-zarr' else 'OME-TIFF'} images and labels, dataset.json, "
+            "mifa.json, rembi.json, file_list.tsv")
+    folder = archive_file = attached = None
+    if export_dir is not None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        final = export_dir / f"{stem}-{dataset.task}-annotated-{stamp}-{uuid4().hex[:6]}"
+        partial = export_dir / f".{final.name}.partial"
+        try:
+            export_dataset(dataset, partial, description=text, progress=progress, archive=archive,
+                           image_format=image_format, annotation_provenance=provenance)
+            partial.rename(final)  # nothing half-written appears under the final name
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        folder, verdict = final, readiness(final)
+    else:
+        scratch = _scratch(config)
+        try:
+            out = export_dataset(dataset, scratch / "export", description=text, progress=progress, archive=archive,
+                                 image_format=image_format, annotation_provenance=provenance)
+            verdict = readiness(out)
+            archive_file = _zip(out, scratch / f"{stem}-{dataset.task}-annotated")
+            attached = attach_files(conn, [(archive_file, "application/zip", what)], datasets, NS_EXPORT)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return {"annotation": next(iter(attached.values())) if attached else None,
+            "file": archive_file.name if archive_file else None, "folder": folder,
             "datasets": [int(d.getId()) for d in datasets], "samples": len(dataset.samples), "images": len(images),
-            "classes": dataset.classes, "notes": notes}
+            "classes": dataset.classes, "notes": notes, "readiness": verdict, "format": image_format}
 
 
 # -- the script bodies -----------------------------------------------------------------------
@@ -410,7 +607,8 @@ def train_script(script_client, *, conn=None, config=None) -> str:
 
 
 def export_script(script_client, *, conn=None, config=None) -> str:
-    """The body of Export_Annotated_Dataset: export, attach the zip, set ``Message`` and ``File_Annotation``."""
+    """The body of Export_Annotated_Dataset: export, attach the zip (or write the export folder), set
+    ``Message`` (with the archive verdict) and, for a zip, ``File_Annotation``."""
 
     def work(conn, inputs) -> str:
         from omero.model import FileAnnotationI
@@ -421,14 +619,27 @@ def export_script(script_client, *, conn=None, config=None) -> str:
         data_type, ids = _targets(inputs)
         out = export_objects(conn, data_type, ids, options=annotation_options(inputs),
                              description=inputs.get("Description") or "", mpp=inputs.get("Image_Pixel_Size_um"),
-                             config=config, progress=LineProgress())
-        script_client.setOutput("File_Annotation", robject(FileAnnotationI(out["annotation"], False)))
-        return "\n".join([f"✓ Exported {out['samples']} samples of {out['images']} images (classes "
-                          f"{', '.join(out['classes'])}) as {out['file']}, attached to {_where(out)} "
-                          f"(FileAnnotation {out['annotation']})"] + [f"  note: {n}" for n in out["notes"]])
+                             config=config, progress=LineProgress(), image_format=inputs.get("Format") or "OME-TIFF",
+                             archive_annotation=inputs.get("Archive_Metadata") or None,
+                             destination=inputs.get("Destination") or ATTACH)
+        head = (f"✓ Exported {out['samples']} samples of {out['images']} images (classes "
+                f"{', '.join(out['classes'])}) as {'OME-Zarr' if out['format'] == 'ome-zarr' else 'OME-TIFF'}")
+        if out["folder"] is not None:
+            head += f" into the export folder {out['folder']} (nothing attached in OMERO)"
+        else:
+            script_client.setOutput("File_Annotation", robject(FileAnnotationI(out["annotation"], False)))
+            head += f", {out['file']}, attached to {_where(out)} (FileAnnotation {out['annotation']})"
+        verdict = out["readiness"]
+        ready = ("  BioImage Archive: submission-ready (mifa.json, rembi.json, file_list.tsv)"
+                 if verdict["submission_ready"] else
+                 f"  BioImage Archive: NOT submission-ready, {len(verdict['missing'])} required field(s) missing "
+                 f"({', '.join(verdict['missing'][:6])}{', ...' if len(verdict['missing']) > 6 else ''}); fill "
+                 "archive.example.yaml of the export, attach it and give its ID as Archive_Metadata")
+        return "\n".join([head, ready] + [f"  note: {n}" for n in out["notes"]])
 
     return script_body(script_client, work, conn=conn)
 
 
 __all__ = ["annotation_params", "training_params", "export_params", "train_on_objects", "export_objects",
-           "train_script", "export_script", "attach_files", "report_datasets"]
+           "train_script", "export_script", "attach_files", "report_datasets", "archive_from_annotation",
+           "annotation_provenance", "export_destination"]

@@ -515,20 +515,34 @@ def _asdict(obj):
     return obj
 
 
-def write_archive_metadata(out: str | Path, dataset, rows: Sequence[dict], meta: ArchiveMetadata | None = None
-                           ) -> ArchiveReport:
+def write_archive_metadata(out: str | Path, dataset, rows: Sequence[dict], meta: ArchiveMetadata | None = None,
+                           *, annotation_provenance: Mapping[str, dict] | None = None) -> ArchiveReport:
     """Write ``mifa.json``, ``rembi.json``, ``file_list.tsv`` (and, when incomplete, ``archive.example.yaml``)
     into the export folder ``out``, and add the verdict to its README.md.
 
     ``rows`` are export_dataset's per-sample rows (``id``, ``image``, ``labels``, ``image_axes``, ``class``,
     ``source``, ``group``, ``mpp``).  Raises :class:`ParameterError` for a given value outside the reference's
     choices (licence, annotation type, ORCID, e-mail).
+
+    ``annotation_provenance`` (optional): who annotated each sample and how, keyed by a sample's ``source``
+    or, failing that, its ``group`` (the OMERO export keys it by ``Image:<id>``).  A record may hold
+    ``annotators`` (names), ``created`` / ``modified`` (ISO times of the first and last annotation),
+    ``method_type`` (manual, automatic, or mixed), ``automatic`` (a list of automatic-annotation records:
+    software, version, method, marker, threshold, run id, parameters, ...), ``rois`` (per annotation: id,
+    owner, created, automatic) and ``attributes`` (e.g. tags and key-value pairs of the image).  It goes
+    into ``mifa.json`` (each ``file_metadata`` entry: ``annotation_creation_time`` and ``dlcore_provenance``),
+    into extra ``file_list.tsv`` columns (``annotated_by``, ``annotation_created``, ``annotation_source``,
+    ``sample_attributes``), and fills the dataset-level annotation fields the facility left empty
+    (``annotation_method``, ``method_type`` when every sample agrees, ``authors``).
     """
     from dlcore.train.task_inference import summarize_classes
 
     out = Path(out)
     meta = meta or ArchiveMetadata()
     _check_values(meta)
+    provenance = _per_row(rows, annotation_provenance)
+    if provenance is not None:
+        meta = dataclasses.replace(meta, annotation=_with_sample_provenance(meta.annotation, provenance))
     meta = complete(meta, dataset_facts(dataset, rows, label_provenance=meta.label_provenance))
     missing = meta.validate()
     ready = not missing
@@ -543,6 +557,11 @@ def write_archive_metadata(out: str | Path, dataset, rows: Sequence[dict], meta:
                       "source_image_id": r["image"], **({"annotation_file": r["labels"]} if r.get("labels") else {}),
                       **({"class_label": r["class"]} if r.get("class") is not None else {}),
                       **({"annotation_creation_time": a.created} if a.created else {})} for r in rows]
+    for entry, prov in zip(file_metadata, provenance or ()):
+        if prov:
+            if prov.get("created"):
+                entry["annotation_creation_time"] = prov["created"]
+            entry["dlcore_provenance"] = _asdict(prov)
     annotation = {**_asdict(dataclasses.replace(a, parameters=None)), "file_metadata": file_metadata}
     if a.parameters:
         annotation["parameters"] = _asdict(a.parameters)
@@ -569,8 +588,45 @@ def write_archive_metadata(out: str | Path, dataset, rows: Sequence[dict], meta:
     readme = out / "README.md"
     if readme.is_file():
         readme.write_text(readme.read_text(encoding="utf-8") + _readme_section(ready, missing), encoding="utf-8")
-    files = _write_file_list(out, by_image, rows, meta, classes_text)
+    files = _write_file_list(out, by_image, rows, meta, classes_text, provenance)
     return ArchiveReport(ready, missing, files)
+
+
+def _per_row(rows: Sequence[dict], given: Mapping[str, dict] | None) -> list[dict | None] | None:
+    """The provenance record of each row (by its source, else its group), or None when none was given."""
+    if not given:
+        return None
+    return [given.get(str(r.get("source"))) or given.get(str(r.get("group"))) for r in rows]
+
+
+def _with_sample_provenance(a: Annotation, provenance: Sequence[dict | None]) -> Annotation:
+    """The annotation fields the facility left empty, filled from the samples' provenance records."""
+    records = [p for p in provenance if p]
+    if not records:
+        return a
+    kinds = {p.get("method_type") for p in records} - {None}
+    method_type = a.method_type or (next(iter(kinds)) if len(kinds) == 1 and kinds <= set(METHOD_TYPES) else None)
+    names = list(dict.fromkeys(n for p in records for n in p.get("annotators") or ()))
+    times = sorted(t for p in records for t in (p.get("created"), p.get("modified")) if t)
+    tools = list(dict.fromkeys(" ".join(str(x) for x in (r.get("software"), r.get("version") or r.get("dlcore_version"))
+                                        if x) + (f" ({r['method']})" if r.get("method") else "")
+                               for p in records for r in p.get("automatic") or ()))
+    text = "; ".join(part for part in (
+        f"annotations drawn by {', '.join(names)}" if names else "",
+        f"created {times[0]}" + (f" to {times[-1]}" if times[-1] != times[0] else "") if times else "",
+        f"automatic annotations by {', '.join(tools)}" if tools else "",
+        "per-image provenance in file_metadata[].dlcore_provenance") if part)
+    authors = a.authors or tuple(Author(author_first_name=n.split(" ", 1)[0] if " " in n else None,
+                                        author_last_name=n.split(" ", 1)[1] if " " in n else n, role=("annotation",))
+                                 for n in (_full_name(x) for x in names))
+    return dataclasses.replace(a, method_type=method_type, annotation_method=a.annotation_method or text,
+                               authors=authors, created=a.created or (times[0] if times else None))
+
+
+def _full_name(annotator: str) -> str:
+    """``"alice (Alice Smith)"`` -> ``"Alice Smith"``; a bare login stays as it is."""
+    match = re.fullmatch(r"\S+ \((.+)\)", annotator)
+    return match.group(1) if match else annotator
 
 
 def _readme_section(ready: bool, missing: Sequence[Missing]) -> str:
@@ -603,11 +659,13 @@ def _listed_files(out: Path) -> list[str]:
 
 
 def _write_file_list(out: Path, by_image: dict, rows: Sequence[dict], meta: ArchiveMetadata,
-                     classes_text: str) -> tuple[str, ...]:
+                     classes_text: str, provenance: Sequence[dict | None] | None = None) -> tuple[str, ...]:
     f, a = meta.facts, meta.annotation
     by_label = {r["labels"]: r for r in rows if r.get("labels")}
     columns = ["Files", "type", "sample_id", "source_image", "original_source", "group", "class", "mpp_um",
                "channels", "axes", "task", "classes", "annotation_type", "annotation_method"]
+    if provenance is not None:
+        columns += ["annotated_by", "annotation_created", "annotation_source", "sample_attributes"]
     method = a.method_type or ("" if not a.annotation_method else "see mifa.json")
     if a.software:
         method = f"{method} ({a.software}{' ' + a.software_version if a.software_version else ''})".strip()
@@ -630,12 +688,32 @@ def _write_file_list(out: Path, by_image: dict, rows: Sequence[dict], meta: Arch
             row["class"] = sample.get("class")
             if is_label or f.task == "classification":
                 row.update(annotation_type=";".join(a.annotation_type), annotation_method=method)
+            prov = provenance[i] if provenance is not None else None
+            if prov:
+                row.update(annotated_by="; ".join(prov.get("annotators") or ()),
+                           annotation_created=" to ".join(dict.fromkeys(
+                               t for t in (prov.get("created"), prov.get("modified")) if t)),
+                           annotation_source="; ".join(
+                               [prov.get("method_type") or ""] + [
+                                   " ".join(str(r[k]) for k in ("software", "version", "method", "marker", "run_id")
+                                            if r.get(k)) for r in prov.get("automatic") or ()]).strip("; "),
+                           sample_attributes=_attributes_text(prov.get("attributes")))
         table.append({k: _clean(v) for k, v in row.items()})
     with (out / FILE_LIST).open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, delimiter="\t", lineterminator="\n")
         writer.writeheader()
         writer.writerows(table)
     return tuple(r["Files"] for r in table)
+
+
+def _attributes_text(attributes: dict | None) -> str:
+    """Tags and key-value pairs as one file-list cell: ``tag:a; tag:b; key=value``."""
+    if not attributes:
+        return ""
+    parts = [f"tag:{t}" for t in attributes.get("tags") or ()]
+    for pairs in (attributes.get("key_values") or {}).values():
+        parts += [f"{k}={v}" for k, v in (pairs.items() if isinstance(pairs, Mapping) else pairs)]
+    return "; ".join(parts)
 
 
 def readiness(out: str | Path) -> dict:

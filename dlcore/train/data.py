@@ -314,11 +314,13 @@ def _safe_id(index: int, source: str) -> str:
 
 def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, description: str = "",
                    progress: Callable[[str, int, int], None] | None = None, archive=None,
-                   image_format: str = "ome-tiff") -> Path:
+                   image_format: str = "ome-tiff", annotation_provenance: dict | None = None) -> Path:
     """Write the dataset in the archive layout (see the module docstring); returns ``out_dir``.
 
     ``archive``: the facility's :class:`~dlcore.train.archive_metadata.ArchiveMetadata` (None: none yet);
     mifa.json, rembi.json and file_list.tsv are written either way, saying whether it is submission-ready.
+    ``annotation_provenance``: who annotated each sample, when and how (keyed by a sample's source or group;
+    see :func:`~dlcore.train.archive_metadata.write_archive_metadata`), or None.
 
     Images and labels are OME-TIFF (readable by Fiji/Bio-Formats, QuPath, napari, OMERO), or with
     ``image_format="ome-zarr"`` one NGFF image per sample, its mask an image-label inside it
@@ -371,7 +373,7 @@ def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, descriptio
     (out / "README.md").write_text(_readme(dataset, description, image_format=image_format))
     from dlcore.train.archive_metadata import write_archive_metadata
 
-    write_archive_metadata(out, dataset, rows, archive)
+    write_archive_metadata(out, dataset, rows, archive, annotation_provenance=annotation_provenance)
     return out
 
 
