@@ -13,32 +13,10 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
-
 from dlcore.restore.metrics import METRICS, Evaluation, error_map
+from dlcore.train.report import plot_learning_curves
 
 MAX_ERROR_MAPS = 4
-
-
-def plot_learning_curves(history: dict, path: Path, *, loss: str) -> str:
-    """Training and validation loss per epoch with the kept epoch marked; returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    epochs = np.arange(1, len(history["train_loss"]) + 1)
-    ax.plot(epochs, history["train_loss"], label="train loss")
-    ax.plot(epochs, history["val_loss"], label="validation loss")
-    ax.axvline(history["best_epoch"] + 1, color="grey", ls=":", label="kept epoch")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{loss} loss")
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
 
 
 def write_metrics_csv(evaluation: Evaluation, path: Path) -> str:
@@ -60,7 +38,8 @@ def write_qc_report(folder: str | Path, trained, evaluation: Evaluation | None, 
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    names = [Path(plot_learning_curves(trained.history, folder / "learning_curves.png", loss=trained.loss)).name]
+    curves = plot_learning_curves(trained.history, folder / "learning_curves.png", loss_label=f"{trained.loss} loss")
+    names = [curves.name]
     if evaluation is not None:
         names.append(Path(write_metrics_csv(evaluation, folder / "metrics.csv")).name)
         by_name = {im.name: im for im in trained.split.test}
@@ -79,4 +58,4 @@ def write_qc_report(folder: str | Path, trained, evaluation: Evaluation | None, 
     return names
 
 
-__all__ = ["write_qc_report", "write_metrics_csv", "plot_learning_curves"]
+__all__ = ["write_qc_report", "write_metrics_csv"]

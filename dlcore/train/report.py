@@ -27,8 +27,9 @@ def _plt():
     return plt
 
 
-def plot_learning_curves(history: dict, path: Path) -> Path:
-    """Loss curves (and validation accuracy) per epoch with the kept epoch marked."""
+def plot_learning_curves(history: dict, path: Path, *, loss_label: str = "cross-entropy") -> Path:
+    """Loss curves (and validation accuracy, when the history has it) per epoch with the kept epoch marked;
+    ``loss_label`` names the loss on the y axis."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     epochs = np.arange(1, len(history["train_loss"]) + 1)
@@ -36,7 +37,7 @@ def plot_learning_curves(history: dict, path: Path) -> Path:
     ax.plot(epochs, history["val_loss"], label="validation loss")
     ax.axvline(history["best_epoch"] + 1, color="grey", ls=":", label="kept epoch")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("cross-entropy")
+    ax.set_ylabel(loss_label)
     if np.isfinite(history.get("val_accuracy", [np.nan])).any():
         ax2 = ax.twinx()
         ax2.plot(epochs, history["val_accuracy"], color="tab:green", ls="--", label="validation accuracy")
