@@ -44,19 +44,20 @@ from omero.gateway import ServiceOptsDict
 from omero.model import (
     ChannelI, DatasetAnnotationLinkI, DatasetI, DatasetImageLinkI, ExperimenterGroupI, ExperimenterI, FileAnnotationI,
     ImageAnnotationLinkI, ImageI, LengthI, LogicalChannelI, MapAnnotationI, OriginalFileI, PermissionsI, PixelsI,
-    PixelsTypeI, ProjectDatasetLinkI, ProjectI, RoiAnnotationLinkI, RoiI, TagAnnotationI,
+    PixelsTypeI, ProjectDatasetLinkI, ProjectI, RoiAnnotationLinkI, RoiI, TagAnnotationI, InstrumentI, ObjectiveI,
+    ObjectiveSettingsI,
 )
 from omero.model.enums import UnitsLength
 from omero.model import EventI
-from omero.rtypes import rint, rlong, rstring, rtime
+from omero.rtypes import rdouble, rint, rlong, rstring, rtime
 
-from dlcore.omero.annotated import Q_IMAGE_TAGS, Q_ROI_TAGS, Q_ROIS
+from dlcore.omero.annotated import Q_IMAGE_MAPS, Q_IMAGE_OBJECTIVE, Q_IMAGE_TAGS, Q_ROI_TAGS, Q_ROIS
 from dlcore.omero.annotations import Q_RUN_LINKS, Q_RUN_ROIS, Q_TAG
 from dlcore.omero.image_output import Q_PIXELS_CHANNELS
 from dlcore.omero.label_image import Q_IMAGE_PIXELS, Q_PIXELS_TYPE
 from dlcore.omero.journal import GRAPHS as OWNED_ID_GRAPHS, Q_OWNED_IDS
 from dlcore.omero.qc_table import Q_DATASET_QC_LINKS
-from dlcore.omero.training import Q_IMAGE_MAPS, Q_ROI_AUTHORS
+from dlcore.omero.training import Q_ROI_AUTHORS
 
 ANNOTATE = {"rwra--", "rwrw--"}  # group permissions that let members annotate each other's data
 READ = {"rwr---", "rwra--", "rwrw--"}
@@ -193,11 +194,23 @@ class Server:
 
     def add_image(self, levels: list[np.ndarray], *, name: str, owner: int, group: int, dataset: int | None = None,
                   mpp: float | None = 0.5, mpp_unit=UnitsLength.MICROMETER, tile: tuple[int, int] = (256, 256),
-                  pixels_type: str | None = None, channel_names: list[str] | None = None, size_z: int = 1) -> int:
-        """Store an image from its pyramid (list of ``(Y, X, C)`` arrays, full resolution first)."""
+                  pixels_type: str | None = None, channel_names: list[str] | None = None, size_z: int = 1,
+                  objective_magnification: float | None = None) -> int:
+        """Store an image from its pyramid (list of ``(Y, X, C)`` arrays, full resolution first), with an
+        instrument whose objective has ``objective_magnification`` when given (as Bio-Formats imports a scan)."""
         base = levels[0]
         image = ImageI()
         image.setName(rstring(name))
+        if objective_magnification is not None:
+            instrument, objective, settings = InstrumentI(), ObjectiveI(), ObjectiveSettingsI()
+            self.store(instrument, owner=owner, group=group)
+            objective.setNominalMagnification(rdouble(objective_magnification))
+            objective.setInstrument(instrument)
+            self.store(objective, owner=owner, group=group)
+            settings.setObjective(objective)
+            self.store(settings, owner=owner, group=group)
+            image.setInstrument(instrument)
+            image.setObjectiveSettings(settings)
         self.store(image, owner=owner, group=group)
         pixels = PixelsI()
         pixels.setSizeX(rint(base.shape[1]))
@@ -802,6 +815,12 @@ class QueryService:
                 rows.append([rlong(r.getId().getValue()), r.getDescription(), owner.getOmeName(),
                              owner.getFirstName(), owner.getLastName(), r.getDetails().getCreationEvent().getTime()])
             return rows
+        if query == Q_IMAGE_OBJECTIVE:  # inner joins: no row for an image without objective settings
+            image = self.server.get("Image", p["iid"])
+            if image is None or not self.server.can_see(self.conn.user, image) or image.getObjectiveSettings() is None:
+                return []
+            objective = image.getObjectiveSettings().getObjective()
+            return [[objective.getNominalMagnification()]] if objective is not None else []
         if query == Q_RUN_ROIS:
             pattern = like_regex(p["marker"], escape="!")
             return [[rlong(r.getId().getValue()), rstring(_val(r.getDescription()))]

@@ -275,6 +275,7 @@ def sandbox(tmp_path_factory):
     models_repo, pinned = _models_repo(tmp / "models-repo")
     site_wheel = _site_wheel(tmp / "site-wheels")
     (tmp / "shared" / "trained-models").mkdir(parents=True)  # the mounted shared filesystem
+    (tmp / "shared" / "exports").mkdir()  # the facility's share for exported datasets
 
     inventory, extra = _sandbox_vars(tmp, prefix, grid)
     inventory["all"]["children"]["omero_master"]["hosts"]["master"]["dlcore_source"] = (
@@ -288,6 +289,7 @@ def sandbox(tmp_path_factory):
         "dlcore_site_script_requirements": [f"sitedep @ file://{site_wheel}"],
         "dlcore_gpu_slots_per_gpu": 2,
         "dlcore_trained_models_dir": str(tmp / "shared" / "trained-models"),
+        "dlcore_export_dir": str(tmp / "shared" / "exports"),
     })
     runs = []
     for mode in ([], [], ["--check", "--diff"]):  # install, again (idempotence), dry run
@@ -413,6 +415,7 @@ def test_dlcore_toml_rendered_and_valid(sandbox):
     assert config.processor.dl_script_folders == ("Deep_Learning",)
     assert config.processor.queue_length == 4
     assert config.trained_models_dir == sandbox["trained"] and config.trained_dir == sandbox["trained"]
+    assert config.export_dir == sandbox["trained"].parent / "exports"  # Export_Annotated_Dataset's folder
     assert (sandbox["trained"] / ".dlcore-nodes" / "gpu1").read_text() == "gpu1\n"  # the shared-folder check ran
     assert tomllib.loads(path.read_text())["dlcore"]["device"] == "auto"
     work_dir = sandbox["prefix"] / "var" / "lib" / "dlcore" / "scratch"  # checkpoints survive a node restart
@@ -530,6 +533,11 @@ ONE_NODE = {"gpu1": {"dlcore_omero_node_name": "gpu1"}}
 def test_a_trained_models_folder_that_is_not_mounted_is_refused(tmp_path):
     output = _flat(_refused_run(tmp_path, ONE_NODE, {"dlcore_trained_models_dir": str(tmp_path / "nfs")}))
     assert "nfs does not exist on gpu1: mount the shared filesystem there" in output
+
+
+def test_an_export_folder_that_does_not_exist_is_refused(tmp_path):
+    output = _flat(_refused_run(tmp_path, ONE_NODE, {"dlcore_export_dir": str(tmp_path / "exports")}))
+    assert "exports does not exist on gpu1: create or mount it there" in output
 
 
 def test_a_master_descriptor_without_icestorm_is_refused(tmp_path):

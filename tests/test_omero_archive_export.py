@@ -209,3 +209,56 @@ def test_a_marker_labels_roi_is_recorded_as_automatic_with_its_run(monkeypatch):
     assert "dlcore/marker-labels" not in json.dumps(prov["attributes"])  # dlcore's own pairs are no attributes
     [label] = [r for r in rows if r["type"] == "label"]
     assert label["annotation_source"] == "automatic; dlcore Labels From Marker 0.9.0 threshold dab of Image:7 run-42"
+
+
+def test_objective_stain_channels_and_per_region_authors_come_from_omero(monkeypatch, tmp_path):
+    """A scan imported with its objective (40x) and a `Stain` key-value: each exported image carries them
+    (OME-XML read back by ome-types), rembi.json and the file list name them; two regions of one image
+    drawn by different people are each credited to their own annotator."""
+    from ome_types import from_tiff
+    from omero.model import ImageI, RoiI
+
+    from dlcore.omero.annotations import map_annotation
+
+    om = Omero()
+    canvas = np.full((200, 200, 3), (230, 160, 190), np.uint8)
+    image = om.image("scan", levels=[canvas], objective_magnification=40.0, channel_names=["R", "G", "B"])
+    kv = MapAnnotationI()
+    kv.setNs(rstring("openmicroscopy.org/omero/client/mapAnnotation"))
+    kv.setMapValue([NamedValue("Stain", "H&E"), NamedValue("block", "B1")])
+    om.conn.getUpdateService().saveAndReturnObject(  # dlcore's own pairs never name the stain
+        image_link(image, map_annotation("marker-labels", [("stain", "not this")])), om.ctx)
+    om.conn.getUpdateService().saveAndReturnObject(image_link(image, kv), om.ctx)
+    alice_roi = om.roi(image, rect(10, 10, 30, 30), name="tumour")
+    bob = om.server.add_user("bob", [om.group])
+    roi = RoiI()
+    roi.setImage(ImageI(image, False))
+    roi.setName(rstring("stroma"))
+    roi.addShape(rect(140, 140, 40, 40))
+    bob_roi = om.server.connect(bob, om.group).getUpdateService().saveAndReturnObject(roi, om.ctx).getId().getValue()
+    fake = _exec_script("Export_Annotated_Dataset.py", {**BASE, "IDs": [om.dataset]}, om.conn, monkeypatch)
+    assert fake.outputs["Message"].getValue().startswith("✓ Exported 2 samples of 1 images"), fake.outputs["Message"]
+    with _zip(om) as archive:
+        rembi = json.loads(archive.read("rembi.json"))
+        mifa = json.loads(archive.read("mifa.json"))
+        dataset = json.loads(archive.read("dataset.json"))
+        rows = _rows(archive.read("file_list.tsv").decode())
+        first = dataset["samples"][0]
+        tiff = archive.read(first["image"])
+    assert [s["annotation_ids"] for s in dataset["samples"]] == [[f"ROI:{alice_roi}"], [f"ROI:{bob_roi}"]]
+    assert {(s["stain"], s["magnification"]) for s in dataset["samples"]} == {("H&E", 40.0)}
+    assert first["channel_names"] == ["R", "G", "B"]
+    assert rembi["image_acquisition"]["objective_magnification"] == 40.0 and rembi["image_data"]["stains"] == ["H&E"]
+    path = tmp_path / "first.ome.tif"
+    path.write_bytes(tiff)
+    ome = from_tiff(str(path), validate=True)
+    assert ome.instruments[0].objectives[0].nominal_magnification == 40.0
+    assert ome.images[0].pixels.physical_size_x == pytest.approx(0.5)
+    assert {m.k: m.value for a in ome.structured_annotations.map_annotations for m in a.value.ms} == {"stain": "H&E"}
+    by_region = [e["dlcore_provenance"] for e in mifa["annotations"][0]["file_metadata"]]
+    assert [p["annotators"] for p in by_region] == [["alice"], ["bob"]]
+    assert [[r["id"] for r in p["rois"]] for p in by_region] == [[alice_roi], [bob_roi]]
+    labels = [r for r in rows if r["type"] == "label"]
+    assert [r["annotated_by"] for r in labels] == ["alice", "bob"]
+    images = [r for r in rows if r["type"] == "image"]
+    assert {(r["stain"], r["objective_magnification"], r["channel_names"]) for r in images} == {("H&E", "40", "R;G;B")}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dlcore.errors import SlideError
+from dlcore.io.acquisition import dpi_pixel_size
 from dlcore.io.slide import Level, Slide, SlideInfo, check_region
 from dlcore.io.tiled import TileCache, assemble_region
 
@@ -168,7 +169,7 @@ class TiffSlide:
             name=self.path.name,
             identity=_identity(self.path),
             levels=tuple(levels),
-            mpp=_tiff_mpp(tif),
+            mpp=tiff_pixel_size(tif),
             channels=channels,
             dtype=np.dtype(series.dtype).name,
             tile_size=(int(tile[0]), int(tile[1])),
@@ -264,7 +265,7 @@ def _ome_channel_names(tif, n: int, *, rgb: bool) -> tuple[str, ...]:
     return tuple(f"C{i}" for i in range(n))
 
 
-def _tiff_mpp(tif) -> tuple[float, float] | None:
+def tiff_pixel_size(tif) -> tuple[float, float] | None:
     """Level 0's pixel size in µm from OME-XML, an SVS description, or the resolution tags."""
     if tif.is_ome and tif.ome_metadata:
         try:
@@ -371,8 +372,8 @@ class PlainImageSlide:
             array = array[..., None]
         self._array = array
         mpp = None
-        if dpi and dpi[0] > 1000:  # only trust resolutions a microscope could have
-            mpp = (25400.0 / dpi[0], 25400.0 / dpi[1])
+        if dpi_pixel_size(dpi):  # only resolutions a microscope could have
+            mpp = (dpi_pixel_size(dpi), dpi_pixel_size(dpi[1:]) or dpi_pixel_size(dpi))
         channels = ("R", "G", "B") if array.shape[2] == 3 else tuple(f"C{i}" for i in range(array.shape[2]))
         self.info = SlideInfo(
             name=path.name, identity=_identity(path),

@@ -46,6 +46,10 @@ Q_ROI_TAGS = ("select l from RoiAnnotationLink l join fetch l.child a "
               "where l.parent.id in (:ids) and a.class = TagAnnotation")
 Q_IMAGE_TAGS = ("select l from ImageAnnotationLink l join fetch l.child a "
                 "where l.parent.id = :iid and a.class = TagAnnotation")
+Q_IMAGE_MAPS = ("select l from ImageAnnotationLink l join fetch l.child a "
+                "where l.parent.id = :iid and a.class = MapAnnotation")
+Q_IMAGE_OBJECTIVE = ("select o.nominalMagnification from Image i join i.objectiveSettings s join s.objective o "
+                     "where i.id = :iid")
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,31 @@ def image_tags(conn, image_id: int) -> list[str]:
     """The texts of the tags linked to the image."""
     links = conn.getQueryService().findAllByQuery(Q_IMAGE_TAGS, _params(iid=image_id), READ_CONTEXT)
     return [str(_v(link.getChild().getTextValue())) for link in links]
+
+
+def image_stain(conn, image_id: int) -> str | None:
+    """The image's stain: the value of a ``stain`` (or ``staining``) key-value pair on it, in any namespace
+    but dlcore's own (OMERO has no stain field; a facility records it as a key-value, and an OME-TIFF's
+    ``stain`` MapAnnotation is imported as one)."""
+    from dlcore.io.acquisition import STAIN_KEYS
+    from dlcore.omero.annotations import NS_PREFIX
+
+    links = conn.getQueryService().findAllByQuery(Q_IMAGE_MAPS, _params(iid=image_id), READ_CONTEXT)
+    for link in sorted(links, key=lambda link: _v(link.getChild().getId())):
+        if str(_v(link.getChild().getNs()) or "").startswith(NS_PREFIX):
+            continue
+        for pair in link.getChild().getMapValue() or []:
+            if str(pair.name).strip().lower() in STAIN_KEYS and str(pair.value or "").strip():
+                return str(pair.value).strip()
+    return None
+
+
+def image_magnification(conn, image_id: int) -> float | None:
+    """The nominal magnification of the image's objective (``Image.objectiveSettings.objective``, as
+    Bio-Formats imports it from the scanner's metadata), or None when the image has no objective."""
+    rows = conn.getQueryService().projection(Q_IMAGE_OBJECTIVE, _params(iid=image_id), READ_CONTEXT)
+    value = _v(rows[0][0]) if rows and rows[0] else None
+    return float(value) if value is not None else None
 
 
 def _pick_tag(tags: list[str], classes: tuple[str, ...] | None, what: str) -> str | None:
@@ -443,19 +472,22 @@ def image_samples(conn, image, planned: ImageAnnotations, classes: tuple[str, ..
         base_mpp = slide.info.mpp[0] if slide.info.mpp else mpp
         sample_mpp = base_mpp * lv.downsample if base_mpp else None
         group, source = f"Image:{planned.image_id}", f"Image:{planned.image_id}"
+        acquired = {"mpp": sample_mpp, "channel_names": slide.info.channels,
+                    "stain": image_stain(conn, planned.image_id),
+                    "magnification": image_magnification(conn, planned.image_id)}
         samples = []
         for _, rois, tag in planned.regions:
             if not rois:  # a tagged image without ROIs: all of it
                 box = (0, 0, lv.width, lv.height)
                 samples.append(Sample(_read(slide, options.level, box, options, label), None, tag, source, group,
-                                      sample_mpp))
+                                      **acquired))
                 continue
             if options.task == "classification":
                 for roi in rois:
                     box = _level_box(roi.bbox, lv.downsample, 0, (lv.width, lv.height))
                     image_px = _read(slide, options.level, box, options, label)
                     samples.append(Sample(image_px, None, tag or roi.cls, f"{source} ROI:{roi.roi_id}", group,
-                                          sample_mpp))
+                                          annotation_ids=(f"ROI:{roi.roi_id}",), **acquired))
                 continue
             boxes = [_level_box(r.bbox, lv.downsample, options.margin, (lv.width, lv.height)) for r in rois]
             for box, members in merge_boxes(boxes):
@@ -469,7 +501,8 @@ def image_samples(conn, image, planned: ImageAnnotations, classes: tuple[str, ..
                 if options.task == "instances":
                     mask = _renumber(mask)
                 where = f"{source} x={box[0]} y={box[1]} level={options.level}"
-                samples.append(Sample(image_px, mask, None, where, group, sample_mpp))
+                samples.append(Sample(image_px, mask, None, where, group,
+                                      annotation_ids=tuple(f"ROI:{r.roi_id}" for r in region_rois), **acquired))
     return samples
 
 

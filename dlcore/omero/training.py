@@ -59,8 +59,6 @@ MAX_YAML_BYTES = 1 << 20
 #: who drew each ROI of an image, and when (owner and creation event, from the ROI's details)
 Q_ROI_AUTHORS = ("select r.id, r.description, o.omeName, o.firstName, o.lastName, e.time from Roi r "
                  "join r.details.owner o join r.details.creationEvent e where r.image.id = :iid order by r.id")
-Q_IMAGE_MAPS = ("select l from ImageAnnotationLink l join fetch l.child a "
-                "where l.parent.id = :iid and a.class = MapAnnotation")
 
 
 # -- the scripts' parameters ------------------------------------------------------------------
@@ -325,9 +323,10 @@ def annotation_provenance(conn, images, options) -> dict[str, dict]:
     parameters, dlcore version, created, run id); the image's tags and its key-values of non-dlcore
     namespaces are the sample's attributes.
     """
-    from dlcore.omero.annotated import DLCORE_ROI_PREFIX, READ_CONTEXT, _params, image_tags
+    from dlcore.omero.annotated import DLCORE_ROI_PREFIX, Q_IMAGE_MAPS, READ_CONTEXT, _params, image_tags
     from dlcore.omero.annotations import NS_PREFIX, namespace
     from dlcore.omero.marker_labels import ROI_PREFIX, RUN_KEY
+    from dlcore.train.archive_metadata import summarise_rois
 
     query = conn.getQueryService()
     out = {}
@@ -362,16 +361,9 @@ def annotation_provenance(conn, images, options) -> dict[str, dict]:
                     "parameters": pairs.get("parameters"), "launched_by": who,
                     **({} if pairs else {"note": "its dlcore/marker-labels key-value pairs are gone"})})
             rois.append(record)
-        times = sorted(r["created"] for r in rois if r["created"])
-        kinds = {r["automatic"] for r in rois}
         out[f"Image:{iid}"] = {
-            "image": f"Image:{iid} {image.getName()}",
-            "annotators": list(dict.fromkeys(r["owner"] for r in rois if not r["automatic"])),
-            "created": times[0] if times else None, "modified": times[-1] if times else None,
-            "method_type": ("automatic" if kinds == {True} else "manual" if kinds == {False} else
-                            "mixed" if kinds else None),
+            "image": f"Image:{iid} {image.getName()}", **summarise_rois(rois),
             "automatic": [{k: v for k, v in a.items() if v is not None} for a in automatic.values()],
-            "rois": rois,
             "attributes": {"tags": image_tags(conn, iid), "key_values": key_values}}
     return out
 

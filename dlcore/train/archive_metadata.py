@@ -226,6 +226,9 @@ class DatasetFacts:
     axes: tuple[str, ...]
     objects: int | None = None
     label_provenance: dict | None = None
+    stains: tuple[str | None, ...] = ()
+    magnifications: tuple[float | None, ...] = ()
+    image_format: str = "OME-TIFF"
 
 
 @dataclass(frozen=True)
@@ -458,7 +461,10 @@ def dataset_facts(dataset, rows: Sequence[dict], *, label_provenance: dict | Non
                         annotated=annotated, mpps=tuple(s.mpp for s in samples),
                         channels=tuple(int(s.image.shape[-1]) for s in samples),
                         axes=tuple(str(r.get("image_axes") or "") for r in rows),
-                        objects=count_objects(dataset), label_provenance=label_provenance)
+                        objects=count_objects(dataset), label_provenance=label_provenance,
+                        stains=tuple(s.stain for s in samples), magnifications=tuple(s.magnification for s in samples),
+                        image_format="OME-Zarr (NGFF 0.4)" if any(str(r.get("image", "")).endswith(".zarr") for r in rows)
+                        else "OME-TIFF")
 
 
 def complete(meta: ArchiveMetadata, facts: DatasetFacts) -> ArchiveMetadata:
@@ -478,7 +484,11 @@ def complete(meta: ArchiveMetadata, facts: DatasetFacts) -> ArchiveMetadata:
     coverage = a.annotation_coverage or (f"{facts.annotated} of {facts.samples} exported images carry annotations "
                                          f"({100.0 * facts.annotated / max(facts.samples, 1):.0f}%)")
     a = dataclasses.replace(a, annotation_type=tuple(types), annotation_overview=overview, annotation_coverage=coverage)
-    return dataclasses.replace(meta, annotation=a, facts=facts)
+    acquisition = meta.image_acquisition
+    magnifications = set(facts.magnifications)
+    if acquisition.objective_magnification is None and len(magnifications) == 1 and None not in magnifications:
+        acquisition = dataclasses.replace(acquisition, objective_magnification=magnifications.pop())
+    return dataclasses.replace(meta, annotation=a, image_acquisition=acquisition, facts=facts)
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -576,8 +586,10 @@ def write_archive_metadata(out: str | Path, dataset, rows: Sequence[dict], meta:
     mpps = sorted({m for m in f.mpps if m is not None})
     rembi = {"biosample": _asdict(meta.biosample), "specimen": _asdict(meta.specimen),
              "image_acquisition": _asdict(meta.image_acquisition),
-             "image_data": {"format": "OME-TIFF", "images": f.samples,
+             "image_data": {"format": f.image_format, "images": f.samples,
                             "pixel_size_um": mpps[0] if len(mpps) == 1 else mpps,
+                            "stains": sorted({x for x in f.stains if x}),
+                            "objective_magnifications": sorted({x for x in f.magnifications if x is not None}),
                             "channels": sorted(set(f.channels)), "axes": sorted(set(f.axes)),
                             "dimensions": "2-D (YX plus channels)"},
              **verdict, "reference": "REMBI, Sarkans et al. 2021 (BioImage Archive REMBI field names)"}
@@ -593,10 +605,39 @@ def write_archive_metadata(out: str | Path, dataset, rows: Sequence[dict], meta:
 
 
 def _per_row(rows: Sequence[dict], given: Mapping[str, dict] | None) -> list[dict | None] | None:
-    """The provenance record of each row (by its source, else its group), or None when none was given."""
+    """The provenance record of each row (by its source, else its group), or None when none was given.
+
+    A row that names the annotations its labels come from (``annotation_ids``, e.g. ``ROI:12``) gets the
+    record narrowed to them: a region cut from an image is credited to those who drew its ROIs, when they
+    drew them, not to every annotator of the image."""
     if not given:
         return None
-    return [given.get(str(r.get("source"))) or given.get(str(r.get("group"))) for r in rows]
+    records = [given.get(str(r.get("source"))) or given.get(str(r.get("group"))) for r in rows]
+    return [_narrowed(record, r.get("annotation_ids")) for record, r in zip(records, rows)]
+
+
+def _narrowed(record: dict | None, annotation_ids) -> dict | None:
+    """``record`` restricted to the ROIs ``annotation_ids`` (``ROI:<id>``); unchanged when either has none."""
+    if not record or not annotation_ids or not record.get("rois"):
+        return record
+    wanted = set(annotation_ids)
+    rois = [r for r in record["rois"] if f"ROI:{r.get('id')}" in wanted]
+    runs = {r.get("run_id") for r in rois if r.get("automatic")}
+    return {**record, **summarise_rois(rois),
+            "automatic": [a for a in record.get("automatic") or () if a.get("run_id") in runs]}
+
+
+def summarise_rois(rois: Sequence[dict]) -> dict:
+    """The provenance fields of a set of annotation records (each: ``owner``, ``created`` ISO time,
+    ``automatic``): ``rois`` themselves, ``annotators`` (owners of the manual ones, in order),
+    ``created`` / ``modified`` (first and last time) and ``method_type`` (manual, automatic, mixed or None)."""
+    times = sorted(r["created"] for r in rois if r.get("created"))
+    kinds = {bool(r.get("automatic")) for r in rois}
+    return {"rois": list(rois),
+            "annotators": list(dict.fromkeys(r["owner"] for r in rois if not r.get("automatic") and r.get("owner"))),
+            "created": times[0] if times else None, "modified": times[-1] if times else None,
+            "method_type": ("automatic" if kinds == {True} else "manual" if kinds == {False} else
+                            "mixed" if kinds else None)}
 
 
 def _with_sample_provenance(a: Annotation, provenance: Sequence[dict | None]) -> Annotation:
@@ -663,7 +704,8 @@ def _write_file_list(out: Path, by_image: dict, rows: Sequence[dict], meta: Arch
     f, a = meta.facts, meta.annotation
     by_label = {r["labels"]: r for r in rows if r.get("labels")}
     columns = ["Files", "type", "sample_id", "source_image", "original_source", "group", "class", "mpp_um",
-               "channels", "axes", "task", "classes", "annotation_type", "annotation_method"]
+               "channels", "channel_names", "stain", "objective_magnification", "axes", "task", "classes",
+               "annotation_type", "annotation_method"]
     if provenance is not None:
         columns += ["annotated_by", "annotation_created", "annotation_source", "sample_attributes"]
     method = a.method_type or ("" if not a.annotation_method else "see mifa.json")
@@ -684,6 +726,8 @@ def _write_file_list(out: Path, by_image: dict, rows: Sequence[dict], meta: Arch
                        source_image=sample["image"] if is_label else "", original_source=sample.get("source"),
                        group=sample.get("group"), mpp_um=sample.get("mpp"),
                        channels=1 if is_label else f.channels[i], axes="YX" if is_label else sample.get("image_axes"),
+                       channel_names="" if is_label else ";".join(sample.get("channel_names") or ()),
+                       stain=sample.get("stain"), objective_magnification=sample.get("magnification"),
                        task=f.task, classes=classes_text)
             row["class"] = sample.get("class")
             if is_label or f.task == "classification":

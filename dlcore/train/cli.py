@@ -54,11 +54,16 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "export-dataset", help="write an annotated dataset as OME-TIFF or OME-Zarr images/labels + dataset.json",
         description="Export a local annotated dataset to the archive-ready layout: images/*.ome.tif, "
-                    "labels/*.ome.tif, dataset.json, samples.csv and a README.")
+                    "labels/*.ome.tif (or OME-Zarr), dataset.json, samples.csv, a README, and the BioImage "
+                    "Archive's MIFA/REMBI metadata and file list. Pixel size, channel names, stain and "
+                    "objective magnification are carried over from the images (or given here).")
     p.add_argument("dataset", type=Path, help="dataset folder (images/ + labels/, or class folders)")
     p.add_argument("out", type=Path, help="new, empty output folder")
     p.add_argument("--task", choices=("semantic", "instances", "classification"))
-    p.add_argument("--mpp", type=float, help="pixel size of the images in µm")
+    p.add_argument("--mpp", type=float, help="pixel size of the images in µm (default: what each image file records)")
+    p.add_argument("--stain", help="the images' stain, e.g. 'H&E' (default: a 'stain' key-value in each OME-TIFF)")
+    p.add_argument("--magnification", type=float,
+                   help="nominal objective magnification, e.g. 40 (default: the objective each OME-TIFF or SVS records)")
     p.add_argument("--description", default="", help="what the dataset is (goes into README.md and dataset.json)")
     p.add_argument("--format", choices=("ome-tiff", "ome-zarr"), default="ome-tiff",
                    help="ome-zarr: images/<id>.ome.zarr (NGFF 0.4, pixel size in µm, channel names), each mask an "
@@ -126,7 +131,9 @@ def cmd_export_dataset(args) -> int:
     from dlcore.train.task_inference import summarize_classes
 
     archive = load_archive_metadata(getattr(args, "metadata", None), source=args.dataset)  # before any writing
-    dataset = load_folder(args.dataset, task=args.task, mpp=args.mpp, explain=lambda line: print(f"task: {line}"))
+    dataset = load_folder(args.dataset, task=args.task, mpp=args.mpp, stain=getattr(args, "stain", None),
+                          magnification=getattr(args, "magnification", None),
+                          explain=lambda line: print(f"task: {line}"))
     out = export_dataset(dataset, args.out, description=args.description, archive=archive,
                          image_format=getattr(args, "format", "ome-tiff"))
     print(f"✓ {out}: {len(dataset.samples)} {dataset.task} samples, "

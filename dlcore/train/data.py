@@ -48,6 +48,10 @@ class Sample:
     source : identity of the image, e.g. ``"Image:12"`` or a file path.
     group : split unit; samples with the same group never straddle train/validation/test.
     mpp : pixel size in µm, or None when unknown.
+    channel_names : one name per channel as the source names them, or None.
+    stain : the stain of the source, e.g. ``"H&E"``, or None when unknown.
+    magnification : the nominal objective magnification of the source (e.g. 40), or None.
+    annotation_ids : the annotations the sample's labels come from (``"ROI:12"`` in OMERO), for provenance.
     """
 
     image: np.ndarray
@@ -56,6 +60,10 @@ class Sample:
     source: str
     group: str
     mpp: float | None = None
+    channel_names: tuple[str, ...] | None = None
+    stain: str | None = None
+    magnification: float | None = None
+    annotation_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,7 +238,8 @@ def _read_groups(root: Path) -> dict[str, str]:
 
 
 def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str, ...] | None = None,
-                mpp: float | None = None, explain: Callable[[str], None] | None = None) -> AnnotatedDataset:
+                mpp: float | None = None, stain: str | None = None, magnification: float | None = None,
+                explain: Callable[[str], None] | None = None) -> AnnotatedDataset:
     """Load an annotated dataset from a local folder.
 
     Parameters
@@ -249,7 +258,10 @@ def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str
         Classification is implied by class folders.
     classes : class names; default from the class table, else ``class_1..class_n`` (semantic, at most
         16) or ``("nucleus",)`` (instances).
-    mpp : pixel size in µm recorded in every sample.
+    mpp, stain, magnification : pixel size in µm, stain and objective magnification of every image; each
+        one not given is read from the image file's metadata where it records it (OME-TIFF pixel size,
+        channel names, objective and a ``stain`` key-value; an SVS description; TIFF/PNG resolution;
+        :func:`dlcore.io.acquisition.read_acquisition`).
     explain : called with one line saying which task was chosen and why (masks folders only).
 
     Returns
@@ -261,6 +273,9 @@ def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"dataset folder {root} does not exist")
+    for name, value, example in (("mpp", mpp, "0.25"), ("magnification", magnification, "40")):
+        if value is not None and not value > 0:
+            raise ParameterError(f"{name}={value} must be a positive number, e.g. {example}")
     if (root / "dataset.json").is_file():
         return load_exported(root)
     groups = _read_groups(root)
@@ -271,7 +286,8 @@ def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str
         for path, label in image_label_pairs(root):
             image = read_image(path)
             samples.append(Sample(image, read_label(label, image.shape[:2]), None, str(path),
-                                  groups.get(image_stem(path), image_stem(path)), mpp))
+                                  groups.get(image_stem(path), image_stem(path)),
+                                  **_acquired(path, image, mpp=mpp, stain=stain, magnification=magnification)))
         choice = infer_task(root, [s.mask for s in samples], task=task, classes=classes)
         if explain:
             explain(choice.reason)
@@ -283,17 +299,41 @@ def load_folder(root: str | Path, *, task: str | None = None, classes: tuple[str
         raise InputError(f"{root} has neither dataset.json, nor images/ + labels/, nor class folders with images")
     if task not in (None, "classification"):
         raise ParameterError(f"task={task!r}: {root} holds class folders, which make a 'classification' dataset")
-    samples = [Sample(read_image(p), None, folder.name, str(p), groups.get(image_stem(p), image_stem(p)), mpp)
-               for folder in folders for p in _image_files(folder)]
+    samples = []
+    for folder in folders:
+        for p in _image_files(folder):
+            image = read_image(p)
+            samples.append(Sample(image, None, folder.name, str(p), groups.get(image_stem(p), image_stem(p)),
+                                  **_acquired(p, image, mpp=mpp, stain=stain, magnification=magnification)))
     return AnnotatedDataset(tuple(samples), "classification", tuple(classes or (f.name for f in folders)))
 
 
+def _acquired(path: Path, image: np.ndarray, *, mpp: float | None, stain: str | None,
+              magnification: float | None) -> dict:
+    """A sample's acquisition fields: the values given, else what ``path``'s metadata records."""
+    from dlcore.io.acquisition import read_acquisition
+
+    found = read_acquisition(path)
+    names = found.channel_names if found.channel_names and len(found.channel_names) == image.shape[-1] else None
+    return {"mpp": mpp if mpp is not None else found.mpp, "channel_names": names,
+            "stain": stain or found.stain,
+            "magnification": magnification if magnification is not None else found.magnification}
+
+
 # -- the archive layout ------------------------------------------------------------------------
-def _write_ome(path: Path, array: np.ndarray, *, mpp: float | None, name: str) -> str:
-    """Write an OME-TIFF; returns the axes written."""
+def _write_ome(path: Path, array: np.ndarray, *, mpp: float | None, name: str,
+               channel_names: tuple[str, ...] | None = None, stain: str | None = None,
+               magnification: float | None = None) -> str:
+    """Write an OME-TIFF; returns the axes written.
+
+    The pixel size, the channel names (for images stored as channels, not RGB samples), the objective
+    magnification and the stain go into its OME-XML (:mod:`dlcore.io.acquisition`).
+    """
     import tifffile
 
-    metadata: dict = {"Name": name}
+    from dlcore.io.acquisition import add_to_ome_xml, stain_annotation
+
+    metadata: dict = {"Name": name, **stain_annotation(stain)}
     if mpp:
         metadata.update(PhysicalSizeX=mpp, PhysicalSizeY=mpp, PhysicalSizeXUnit="µm", PhysicalSizeYUnit="µm")
     if array.ndim == 2:
@@ -302,8 +342,14 @@ def _write_ome(path: Path, array: np.ndarray, *, mpp: float | None, name: str) -
         axes, data, extra = "YXS", array, {"photometric": "rgb"}
     else:
         axes, data, extra = "CYX", np.moveaxis(array, -1, 0), {"photometric": "minisblack"}
+        if channel_names and len(channel_names) == array.shape[-1]:
+            metadata["Channel"] = {"Name": list(channel_names)}
     metadata["axes"] = axes
     tifffile.imwrite(path, data, ome=True, metadata=metadata, compression="zlib", **extra)
+    if magnification is not None:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata
+        tifffile.tiffcomment(path, add_to_ome_xml(xml, magnification=magnification).encode("utf-8"))
     return axes
 
 
@@ -344,10 +390,12 @@ def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, descriptio
             image_file = f"images/{sid}.ome.zarr"
             label_file = None if s.mask is None else f"{image_file}/labels/{dataset.task}"
             axes = write_ome_zarr(out / image_file, s.image, mask=s.mask, mpp=s.mpp, name=s.source,
-                                  task=dataset.task, classes=dataset.classes)
+                                  task=dataset.task, classes=dataset.classes, channel_names=s.channel_names,
+                                  stain=s.stain, magnification=s.magnification)
         else:
             image_file = f"images/{sid}.ome.tif"
-            axes = _write_ome(out / image_file, s.image, mpp=s.mpp, name=s.source)
+            axes = _write_ome(out / image_file, s.image, mpp=s.mpp, name=s.source, channel_names=s.channel_names,
+                              stain=s.stain, magnification=s.magnification)
             label_file = None
             if s.mask is not None:
                 label_file = f"labels/{sid}.ome.tif"
@@ -356,6 +404,8 @@ def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, descriptio
                 _write_ome(out / label_file, mask, mpp=s.mpp, name=f"{s.source} labels")
         rows.append({"id": sid, "image": image_file, "image_axes": axes, "labels": label_file,
                      "class": s.label, "source": s.source, "group": s.group, "mpp": s.mpp,
+                     "channel_names": list(s.channel_names) if s.channel_names else None, "stain": s.stain,
+                     "magnification": s.magnification, "annotation_ids": list(s.annotation_ids),
                      "dtype": str(s.image.dtype), "mask_dtype": None if s.mask is None else str(s.mask.dtype)})
         if progress:
             progress("export", index + 1, len(dataset.samples))
@@ -369,7 +419,7 @@ def export_dataset(dataset: AnnotatedDataset, out_dir: str | Path, *, descriptio
     with (out / "samples.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()} for r in rows)
     (out / "README.md").write_text(_readme(dataset, description, image_format=image_format))
     from dlcore.train.archive_metadata import write_archive_metadata
 
@@ -410,7 +460,8 @@ def _readme(dataset: AnnotatedDataset, description: str, *, image_format: str = 
 
 
 def load_exported(root: str | Path) -> AnnotatedDataset:
-    """Load an archive written by :func:`export_dataset` (arrays identical to those exported)."""
+    """Load an archive written by :func:`export_dataset` (arrays identical to those exported; pixel size,
+    channel names, stain and magnification as exported)."""
     root = Path(root)
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
@@ -432,5 +483,9 @@ def load_exported(root: str | Path) -> AnnotatedDataset:
         image = image.astype(row["dtype"], copy=False)
         if mask is not None:
             mask = mask.astype(row["mask_dtype"], copy=False)
-        samples.append(Sample(image, mask, row["class"], row["source"], row["group"], mpp))
+        names = row.get("channel_names")
+        samples.append(Sample(image, mask, row["class"], row["source"], row["group"], mpp,
+                              channel_names=tuple(names) if names else None, stain=row.get("stain"),
+                              magnification=row.get("magnification"),
+                              annotation_ids=tuple(row.get("annotation_ids") or ())))
     return AnnotatedDataset(tuple(samples), meta["task"], tuple(meta["classes"]))

@@ -4,6 +4,7 @@ Owns the ``--format ome-zarr`` form of :func:`dlcore.train.data.export_dataset` 
 of one ``<id>.ome.zarr``::
 
     .zattrs            multiscales (axes c, y, x; scale in micrometres from the pixel size) + omero channels
+                       (+ ``acquisition``: stain and objective magnification, which NGFF 0.4 has no field for)
     0/ 1/ 2/           the image pyramid, (C, Y, X), each level half the previous one (2x2 mean)
     labels/.zattrs     {"labels": ["<task>"]}
     labels/<task>/     the mask pyramid, (Y, X) integers (nearest), with ``image-label`` metadata:
@@ -31,12 +32,15 @@ _PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 1
 
 @dataclass(frozen=True)
 class OmeZarrSample:
-    """What :func:`read_ome_zarr` returns: ``(Y, X, C)`` image, ``(Y, X)`` mask or None, µm per pixel or None."""
+    """What :func:`read_ome_zarr` returns: ``(Y, X, C)`` image, ``(Y, X)`` mask or None, µm per pixel or None,
+    channel names, and the stain and objective magnification when recorded."""
 
     image: np.ndarray
     mask: np.ndarray | None
     mpp: float | None
     channel_names: tuple[str, ...]
+    stain: str | None = None
+    magnification: float | None = None
 
 
 def default_channel_names(image: np.ndarray) -> tuple[str, ...]:
@@ -48,7 +52,8 @@ def default_channel_names(image: np.ndarray) -> tuple[str, ...]:
 
 def write_ome_zarr(path: str | Path, image: np.ndarray, *, mask: np.ndarray | None = None,
                    mpp: float | None = None, name: str = "", task: str = "semantic",
-                   classes: tuple[str, ...] = (), channel_names: tuple[str, ...] | None = None) -> str:
+                   classes: tuple[str, ...] = (), channel_names: tuple[str, ...] | None = None,
+                   stain: str | None = None, magnification: float | None = None) -> str:
     """Write ``image`` (``(Y, X, C)``) and optionally ``mask`` (``(Y, X)``) as one OME-Zarr; returns ``"CYX"``.
 
     Parameters
@@ -61,6 +66,8 @@ def write_ome_zarr(path: str | Path, image: np.ndarray, *, mask: np.ndarray | No
     task : ``"semantic"`` (values are classes 1..n) or ``"instances"`` (values are object ids).
     classes : class names (semantic: value i is ``classes[i-1]``; instances: the object class).
     channel_names : one name per channel; default :func:`default_channel_names`.
+    stain, magnification : the source's stain and nominal objective magnification, kept in the image's
+        ``acquisition`` attributes (``stain``, ``objective_magnification``) when given.
     """
     import zarr
 
@@ -77,6 +84,9 @@ def write_ome_zarr(path: str | Path, image: np.ndarray, *, mask: np.ndarray | No
     _write_levels(root, levels, chunks=(image.shape[-1], CHUNK, CHUNK))
     root.attrs.update({"multiscales": [_multiscales(name, levels, mpp, channel=True)],
                        "omero": _omero(name, image, names)})
+    acquisition = {k: v for k, v in (("stain", stain), ("objective_magnification", magnification)) if v is not None}
+    if acquisition:
+        root.attrs["acquisition"] = acquisition
     if mask is not None:
         if mask.shape != image.shape[:2] or not np.issubdtype(mask.dtype, np.integer):
             raise InputError(f"mask {mask.shape} {mask.dtype} must be integers of the image's shape {image.shape[:2]}")
@@ -120,7 +130,9 @@ def read_ome_zarr(path: str | Path) -> OmeZarrSample:
     if label_names:
         group = root["labels"][label_names[0]]
         mask = np.asarray(group[group.attrs["multiscales"][0]["datasets"][0]["path"]][...])
-    return OmeZarrSample(image, mask, mpp, names)
+    acquisition = attrs.get("acquisition") or {}
+    return OmeZarrSample(image, mask, mpp, names, stain=acquisition.get("stain"),
+                         magnification=acquisition.get("objective_magnification"))
 
 
 def _mean2(array: np.ndarray) -> np.ndarray:
