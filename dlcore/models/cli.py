@@ -1,4 +1,4 @@
-"""The ``dlcore models`` command: list, show, validate, install and remove model packages.
+"""The ``dlcore models`` command: list, show, validate, install, import and remove model packages.
 
 Registered by :mod:`dlcore.cli` through :func:`register_cli`; it replaces the built-in minimal
 ``models`` command, so ``list`` shows the built-in tasks too.  Exit codes: 0 success, 1 failure (the
@@ -37,6 +37,23 @@ def register_cli(subparsers) -> None:
     q.add_argument("--subdir", help="the package's folder inside a repository or zip with several")
     q.add_argument("--force", action="store_true", help="replace an installed model of the same name")
     q.set_defaults(func=cmd_install)
+    q = sub.add_parser("import", help="register a published model's weights file (InstanSeg, StarDist, ...)",
+                       description="Turn a weights file of a known kind, which the site already has (downloaded "
+                                   "once, copied from a collaborator), into a registry package: the file is checked "
+                                   "(complete, intact, of that kind), packaged with a card naming its source, "
+                                   "training data, licence and sha256, run once on a test image, and installed. "
+                                   "Nothing is downloaded.")
+    q.add_argument("kind", help="instanseg (instanseg.pt or the model zoo's zip) or stardist (the model folder "
+                                "with config.json, thresholds.json, weights_best.h5, or its zip)")
+    q.add_argument("weights", type=Path, help="the weights file or folder")
+    q.add_argument("--name", help="registry name (default: from the file)")
+    q.add_argument("--mpp", type=float, help="pixel size in µm the model was trained at, when the file does not say")
+    q.add_argument("--licence", "--license", dest="licence", default="",
+                   help="the licence as the publisher states it (SPDX id), when the file does not say")
+    q.add_argument("--source", default="", help="where the weights come from (publication, URL), for the card")
+    q.add_argument("--training-data", default="", help="what the publisher says it was trained on, for the card")
+    q.add_argument("--force", action="store_true", help="replace an installed model of the same name")
+    q.set_defaults(func=cmd_import)
     q = sub.add_parser("remove", help="remove an installed model")
     q.add_argument("name")
     q.set_defaults(func=cmd_remove)
@@ -95,7 +112,8 @@ def cmd_show(args) -> int:
     print(f"{record.name} {record.version}\n  {record.description}\n  path: {record.path}")
     print(f"  kind: {record.kind}")
     if dl:
-        for key in ("mpp", "tile_size", "halo", "normalization", "classes", "postprocess", "patch_size", "features"):
+        for key in ("mpp", "tile_size", "halo", "normalization", "classes", "postprocess", "patch_size", "features",
+                    "runtime", "source"):
             if key in dl:
                 print(f"  {key}: {json.dumps(dl[key])}")
     else:
@@ -131,6 +149,23 @@ def cmd_install(args) -> int:
     record = install(args.source, name=args.name, subdir=args.subdir, force=args.force)
     commit = record.install.get("commit")
     print(f"✓ installed {record.name} {record.version} into {record.path}" + (f" (commit {commit})" if commit else ""))
+    return EXIT_OK
+
+
+@_guard
+def cmd_import(args) -> int:
+    """Import a field model's weights into the registry."""
+    from dlcore.fieldmodels.base import Publisher
+    from dlcore.fieldmodels.package import import_model
+
+    given = None
+    if args.licence or args.source or args.training_data:
+        given = Publisher(source=args.source, training_data=args.training_data, licence=args.licence)
+    print(f"checking {args.weights} as a {args.kind} model ...")
+    record = import_model(args.kind, args.weights, name=args.name, mpp=args.mpp, publisher=given, force=args.force)
+    checks = record.install.get("validation") or []
+    print(f"✓ imported {record.name} {record.version} into {record.path}\n  "
+          + "\n  ".join(checks) + f"\n  run it with: dlcore run {record.name} SLIDE -o OUT")
     return EXIT_OK
 
 

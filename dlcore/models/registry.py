@@ -104,8 +104,9 @@ def _record(folder: Path) -> ModelRecord:
             install = {"error": "unreadable install.json"}
     from dlcore.models.ownership import read_owner
 
+    kind = dlcore.get("kind", "semantic (no config.dlcore)")
     return ModelRecord(name=folder.name, path=folder, description=str(rdf.get("description", "")),
-                       version=str(rdf.get("version", "") or ""), kind=dlcore.get("kind", "semantic (no config.dlcore)"),
+                       version=str(rdf.get("version", "") or ""), kind=kind,
                        tags=tuple(map(str, rdf.get("tags") or ())), install=install, owner=read_owner(folder))
 
 
@@ -164,6 +165,12 @@ def load_task(name: str, params: dict | None = None, *, config=None):
         from dlcore.pixels.task import load_pixel_task
 
         return load_pixel_task(record.path, record.name, params)
+    if record.kind == "imported":  # a field model (InstanSeg, StarDist, ...) run by its kind: dlcore.fieldmodels
+        from dlcore.fieldmodels.task import load_field_task
+
+        params = dict(params or {})
+        device = params.pop("device", None) or config.device
+        return load_field_task(record.path, record.name, params, device=device, batch_size=config.batch_size)
     if record.kind == "image_prediction":  # predicted pixel values (denoising, translation): dlcore.restore
         from dlcore.restore.task import load_image_task
 
@@ -232,6 +239,9 @@ def validate_package(path: str | Path, *, reproduce: bool = True) -> ValidationR
         report.name = str(descr.name)
         report.checks.append(f"bioimageio.spec: valid {descr.type} description (format {descr.format_version}); "
                              "file SHA-256 match")
+        imported = ((descr.config.model_extra or {}).get("dlcore") or {})
+        if imported.get("kind") == "imported":  # a field model run by its kind's code: dlcore.fieldmodels
+            return _validate_imported(imported, folder, report, reproduce=reproduce)
         spec = spec_from_descr(descr, folder)
         report.checks.append(f"runs in dlcore as {spec.dlcore['kind']}"
                              + (" (no config.dlcore: defaults)" if spec.foreign else " (config.dlcore valid)"))
@@ -247,6 +257,21 @@ def validate_package(path: str | Path, *, reproduce: bool = True) -> ValidationR
                 report.checks.append(_reproduce(spec, fmt))
             except ModelError as exc:
                 report.problems.append(str(exc))
+    return report
+
+
+def _validate_imported(block: dict, folder: Path, report: ValidationReport, *, reproduce: bool) -> ValidationReport:
+    """The rest of :func:`validate_package` for an imported field model: its config, then its test output."""
+    from dlcore.fieldmodels.package import reproduce as reproduce_imported
+    from dlcore.models.spec import check_dlcore_config
+
+    try:
+        cfg = check_dlcore_config(dict(block), where=f"{folder.name}: config.dlcore")
+        report.checks.append(f"runs in dlcore as an imported {cfg['runtime']['kind']} model (config.dlcore valid)")
+        if reproduce:
+            report.checks.append(reproduce_imported(folder, cfg))
+    except ModelError as exc:
+        report.problems.append(str(exc))
     return report
 
 

@@ -5,7 +5,7 @@ The block (written by :func:`dlcore.models.package.write_package`, documented in
 
     config:
       dlcore:
-        kind: semantic | instances | patch_classification | pixel_classifier | image_prediction
+        kind: semantic | instances | patch_classification | pixel_classifier | image_prediction | imported
         mpp: 0.5                  # working resolution, µm/pixel (null: the slide's native pixels)
         tile_size: 512            # working pixels, multiple of the network's divisor
         halo: 32                  # context on each side, working pixels
@@ -26,6 +26,7 @@ The block (written by :func:`dlcore.models.package.write_package`, documented in
         background_class: background       # patch_classification: class left out of the slide decision
         features: {scales: [...], ...}     # pixel_classifier: see dlcore.pixels (features, forest, channel_names)
         output_channels: [DAB]             # image_prediction: predicted pixel values, see dlcore.restore.config
+        runtime: {kind: stardist, ...}     # imported: a field model run by its own code, see dlcore.fieldmodels
 
 Packages from other tools have no such block: they run as semantic segmentation with defaults
 (:func:`foreign_config`) and the rdf's own pre-processing.
@@ -40,7 +41,7 @@ from typing import Any
 
 from dlcore.errors import ModelError
 
-KINDS = ("semantic", "instances", "patch_classification", "pixel_classifier", "image_prediction")
+KINDS = ("semantic", "instances", "patch_classification", "pixel_classifier", "image_prediction", "imported")
 NORMALIZATIONS = ("scale_0_1", "percentile", "imagenet", "none")
 ACTIVATIONS = ("auto", "none", "sigmoid", "softmax")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -136,6 +137,10 @@ def check_dlcore_config(config: dict, *, where: str = "config.dlcore") -> dict:
         from dlcore.restore.config import check_image_config
 
         check_image_config(cfg, where)
+    if kind == "imported":
+        from dlcore.fieldmodels.kinds import check_runtime
+
+        check_runtime(cfg, where)
     if kind == "patch_classification":
         patch = cfg.get("patch_size")
         if not isinstance(patch, int) or patch < 8:

@@ -117,7 +117,8 @@ class InstanceStitcher:
                 record = measure_object(object_id=object_id, mask=mask, image=image,
                                         origin=(wx + sl[1].start, wy + sl[0].start), factor=self.factor, mpp=self.mpp,
                                         bounds=self.bounds,
-                                        class_name=self.classify(mask, image) if self.classify else None)
+                                        class_name=(self.classify(mask, image) if self.classify
+                                                    else found.records[k].class_name))  # a model's own class
             records.append(record)
         self.next_id += written.size
         self.total_area_px += sum(record.area_px for record in records)

@@ -61,6 +61,24 @@ def clip_to_canvas(wx: int, wy: int, labels: np.ndarray, canvas_size: tuple[int,
     return clipped
 
 
+@dataclass(frozen=True)
+class TypedLabels:
+    """A window's instance labels with each object's class, as a model that classifies its own objects
+    returns them (HoVer-Net's nucleus types, say): ``class_names[class_of_label[i]]`` is label ``i``'s class
+    (entry 0, background, is unused).  :func:`find_tile_objects` takes it where it takes labels."""
+
+    labels: np.ndarray
+    class_of_label: np.ndarray
+    class_names: tuple[str, ...]
+
+    def class_of(self, label: int) -> str | None:
+        """The class name of ``label`` (None when the model gave it none)."""
+        if 0 < label < len(self.class_of_label):
+            index = int(self.class_of_label[label])
+            return self.class_names[index] if 0 <= index < len(self.class_names) else None
+        return None
+
+
 def find_tile_objects(
     tile: Tile,
     window: np.ndarray,
@@ -81,9 +99,13 @@ def find_tile_objects(
     with ``excluded`` (a boolean mask of the window: QC artefacts), also when the window pixel holding
     its centroid is not excluded.
     ``factor``, ``mpp`` and ``bounds`` are as for :func:`dlcore.objects.object_record`.
+    ``labels`` may be :class:`TypedLabels`: each object then has the class the model gave it.
     """
     from scipy import ndimage as ndi
 
+    typed = labels if isinstance(labels, TypedLabels) else None
+    if typed is not None:
+        labels = typed.labels
     wx, wy, _, _ = tile.window
     labels = clip_to_canvas(wx, wy, np.asarray(labels), canvas_size)
     n = int(labels.max()) if labels.size else 0
@@ -119,8 +141,12 @@ def find_tile_objects(
                       for i in owned_ids], dtype=np.int64)
     masks = [labels[y0:y1, x0:x1] == local_id for local_id, (y0, y1, x0, x1) in zip(owned_ids, boxes)]
     polygons = outlines(masks)
-    classes = [classify(mask, window[y0:y1, x0:x1]) for mask, (y0, y1, x0, x1) in zip(masks, boxes)] if classify \
-        else [None] * len(masks)
+    if typed is not None:
+        classes = [typed.class_of(int(local_id)) for local_id in owned_ids]
+    elif classify:
+        classes = [classify(mask, window[y0:y1, x0:x1]) for mask, (y0, y1, x0, x1) in zip(masks, boxes)]
+    else:
+        classes = [None] * len(masks)
     h, w = labels.shape
     width, height = canvas_size
     touches = ((boxes[:, 0] == 0) & (wy > 0)) | ((boxes[:, 2] == 0) & (wx > 0)) \

@@ -1,0 +1,45 @@
+"""The kinds of field model dlcore imports, by name, and the check of an imported package's ``runtime``.
+
+A kind's module is imported only when it is used: each pulls its own libraries (InstanSeg's TorchScript
+needs only torch; StarDist needs h5py and the ``stardist`` package's NMS).
+"""
+from __future__ import annotations
+
+import importlib
+
+from dlcore.errors import ModelError
+
+KINDS = {
+    "instanseg": ("dlcore.fieldmodels.instanseg", "InstanSeg TorchScript (instanseg.pt, or the model zoo's zip)"),
+    "stardist": ("dlcore.fieldmodels.stardist", "StarDist 2D Keras folder (config.json, thresholds.json, "
+                                                 "weights_best.h5), or its zip"),
+}
+
+
+def kind_names() -> tuple[str, ...]:
+    """The kinds ``dlcore models import`` takes."""
+    return tuple(KINDS)
+
+
+def get_kind(name: str):
+    """The :class:`~dlcore.fieldmodels.base.Kind` called ``name``; ModelError listing the known kinds."""
+    if name not in KINDS:
+        known = "; ".join(f"{k}: {what}" for k, (_, what) in KINDS.items())
+        raise ModelError(f"unknown model kind {name!r}; dlcore imports {known}")
+    try:
+        module = importlib.import_module(KINDS[name][0])
+    except ImportError as exc:
+        raise ModelError(f"the {name} kind needs {exc.name}, which is not installed: pip install "
+                         f"'dlcore[{name}]'") from exc
+    return module.KIND
+
+
+def check_runtime(cfg: dict, where: str) -> None:
+    """Raise ModelError unless ``cfg['runtime']`` names a known kind and a weights file of the package."""
+    runtime = cfg.get("runtime")
+    if not isinstance(runtime, dict) or runtime.get("kind") not in KINDS:
+        raise ModelError(f"{where}.runtime.kind must be one of {tuple(KINDS)} (got {runtime!r:.80})")
+    if not isinstance(runtime.get("weights"), str) or not runtime["weights"]:
+        raise ModelError(f"{where}.runtime.weights must name the package's weights file")
+    if cfg.get("output", "instances") != "instances":
+        raise ModelError(f"{where}.output={cfg.get('output')!r}: imported models give instances")
