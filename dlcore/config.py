@@ -21,6 +21,7 @@ With none, the defaults below apply.  The file is TOML::
     roi_cap = 5000                      # most ROIs written to OMERO per image and run
     work_dir = ""                       # scratch space and run checkpoints ("" = system temp)
     export_dir = ""                     # where Export_Annotated_Dataset writes large exports ("" = not offered)
+    field_python = ""                   # the field-models environment's python (TIAToolbox, Cellpose models)
     checkpoint_every_s = 20             # seconds between a run's checkpoints (a kill loses at most this)
 
     [processor]
@@ -79,6 +80,7 @@ class Config:
     roi_cap: int = 5000
     work_dir: Path | None = None
     export_dir: Path | None = None  # None: exports to a folder on the node are refused (attach a zip instead)
+    field_python: Path | None = None  # None: TIAToolbox / Cellpose models are refused (tools/install_field_env.sh)
     checkpoint_every_s: float = 20.0
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     source: Path | None = None  # the file these settings came from, None for defaults
@@ -159,8 +161,9 @@ def parse_config(text: str, *, path: Path) -> Config:
         main["trained_models_dir"] = Path(main["trained_models_dir"]).expanduser() if main["trained_models_dir"] else None
     if "work_dir" in main:
         main["work_dir"] = Path(main["work_dir"]).expanduser() if main["work_dir"] else None
-    if "export_dir" in main:
-        main["export_dir"] = Path(main["export_dir"]).expanduser() if main["export_dir"] else None
+    for key in ("export_dir", "field_python"):
+        if key in main:
+            main[key] = Path(main[key]).expanduser() if main[key] else None
     for key in ("gpu_nodes", "dl_script_folders"):
         if key in proc:
             proc[key] = tuple(proc[key])

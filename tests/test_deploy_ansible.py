@@ -540,6 +540,11 @@ def test_an_export_folder_that_does_not_exist_is_refused(tmp_path):
     assert "exports does not exist on gpu1: create or mount it there" in output
 
 
+def test_a_field_python_that_cannot_run_the_worker_is_refused(tmp_path):
+    output = _flat(_refused_run(tmp_path, ONE_NODE, {"dlcore_field_python": "/usr/bin/python3"}))
+    assert "cannot start dlcore's field-models worker" in output and "tools/install_field_env.sh" in output
+
+
 def test_a_master_descriptor_without_icestorm_is_refused(tmp_path):
     output = _flat(_refused_run(tmp_path, ONE_NODE, {
         "dlcore_omero_master_descriptor": "master:Blitz-0,Indexer-0,PixelData-0,Tables-0"}))

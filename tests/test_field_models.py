@@ -50,8 +50,8 @@ def config(tmp_path) -> Config:
     return Config(models_dir=tmp_path / "models", device="cpu", batch_size=2)
 
 
-def _slide(path: Path, image: np.ndarray, mpp: float) -> Path:
-    tifffile.imwrite(path, image, photometric="rgb", tile=(128, 128), ome=True,
+def _slide(path: Path, image: np.ndarray, mpp: float, *, tile: int = 128) -> Path:
+    tifffile.imwrite(path, image, photometric="rgb", tile=(tile, tile), ome=True,
                      metadata={"PhysicalSizeX": mpp, "PhysicalSizeY": mpp, "axes": "YXS"})
     return path
 

@@ -31,6 +31,7 @@ NAME = "instanseg"
 TORCHSCRIPT = "instanseg.pt"
 PERCENTILES = (0.1, 99.9)
 EPSILON = 1e-3
+BATCH_SIZE = 2  # windows per batch: InstanSeg's post-processing holds ~0.6 GiB per 640 px window (BENCHMARKS.md)
 # InstanSeg_Torchscript.forward's keyword arguments a user may set (--param NAME=VALUE)
 PARAMETERS = {"min_size": int, "mask_threshold": float, "peak_distance": int, "seed_threshold": float,
               "overlap_threshold": float, "mean_threshold": float, "fg_threshold": float, "window_size": int,
@@ -130,6 +131,7 @@ class InstanSegKind:
         channels = _input_channels(module)
         cells = bool(getattr(module, "cells_and_nuclei", False))
         runtime = {"target": "nuclei", "cells_and_nuclei": cells, "channel_invariant": channels is None,
+                   "batch_size": BATCH_SIZE,
                    "normalization": {"percentiles": list(PERCENTILES), "per_channel": True, "epsilon": EPSILON},
                    "parameters": {}, "weights_sha256": sha256_file(torchscript)}
         name = str(rdf.get("name") or "instanseg").replace(" ", "-")

@@ -16,15 +16,27 @@ KINDS = {
 }
 
 
+# kinds whose software runs in the field-models environment, through a worker (dlcore.fieldmodels.external)
+EXTERNAL = {
+    "tiatoolbox": "TIAToolbox pretrained weights (.pth state dict: HoVer-Net, HoVer-Net+, MicroNet), run with "
+                  "TIAToolbox's own architectures and post-processing",
+    "cellpose": "Cellpose 3 model file (CPnet: cyto3, nuclei, or one trained by a user)",
+}
+
+
 def kind_names() -> tuple[str, ...]:
     """The kinds ``dlcore models import`` takes."""
-    return tuple(KINDS)
+    return (*KINDS, *EXTERNAL)
 
 
 def get_kind(name: str):
     """The :class:`~dlcore.fieldmodels.base.Kind` called ``name``; ModelError listing the known kinds."""
+    if name in EXTERNAL:
+        from dlcore.fieldmodels.external import ExternalKind
+
+        return ExternalKind(name)
     if name not in KINDS:
-        known = "; ".join(f"{k}: {what}" for k, (_, what) in KINDS.items())
+        known = "; ".join([f"{k}: {what}" for k, (_, what) in KINDS.items()] + [f"{k}: {w}" for k, w in EXTERNAL.items()])
         raise ModelError(f"unknown model kind {name!r}; dlcore imports {known}")
     try:
         module = importlib.import_module(KINDS[name][0])
@@ -37,8 +49,8 @@ def get_kind(name: str):
 def check_runtime(cfg: dict, where: str) -> None:
     """Raise ModelError unless ``cfg['runtime']`` names a known kind and a weights file of the package."""
     runtime = cfg.get("runtime")
-    if not isinstance(runtime, dict) or runtime.get("kind") not in KINDS:
-        raise ModelError(f"{where}.runtime.kind must be one of {tuple(KINDS)} (got {runtime!r:.80})")
+    if not isinstance(runtime, dict) or runtime.get("kind") not in kind_names():
+        raise ModelError(f"{where}.runtime.kind must be one of {kind_names()} (got {runtime!r:.80})")
     if not isinstance(runtime.get("weights"), str) or not runtime["weights"]:
         raise ModelError(f"{where}.runtime.weights must name the package's weights file")
     if cfg.get("output", "instances") != "instances":

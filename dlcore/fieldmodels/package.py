@@ -76,6 +76,11 @@ def _weights_entry(inspected: Inspected, folder: Path) -> dict:
         entry["pytorch_version"] = torch.__version__.split("+")[0]
     elif inspected.weights_format == "keras_hdf5":
         entry["tensorflow_version"] = str(inspected.runtime.get("tensorflow_version") or "2.0")
+    elif inspected.weights_format == "pytorch_state_dict":  # the publisher's class, from its own library
+        runtime = inspected.runtime
+        entry["architecture"] = runtime.get("architecture") or {
+            "callable": runtime["class"], "import_from": runtime["module"], "kwargs": runtime.get("kwargs") or {}}
+        entry["pytorch_version"] = str(runtime.get("pytorch_version") or runtime.get("torch_version")).split("+")[0]
     return {inspected.weights_format: entry}
 
 
@@ -153,7 +158,7 @@ def _build(kind, inspected: Inspected, source: Path, out_dir: Path, *, name: str
         cfg["import"] = record
         network = kind.load(staging, cfg, "cpu")
         image = test_image(inspected.in_channels)
-        labels = np.asarray(network.predict([image])[0], np.int32)
+        labels = _labels_of(network.predict([image])[0])
         raw = np.ascontiguousarray(np.moveaxis(image, -1, 0)[None].astype(np.float32))
         np.save(staging / "test_input.npy", raw)
         np.save(staging / "test_output.npy", labels[None, None])
@@ -211,6 +216,11 @@ def _rdf(name: str, inspected: Inspected, publisher: Publisher | None, cfg: dict
     }
 
 
+def _labels_of(result) -> np.ndarray:
+    """A network's labels for one window, as int32 (a model's TypedLabels carry them with their classes)."""
+    return np.asarray(getattr(result, "labels", result), np.int32)
+
+
 def _spdx_licence(publisher: Publisher | None) -> str:
     """The publisher's licence as the SPDX id bioimage.io needs; ModelError asking for it otherwise."""
     import json
@@ -241,7 +251,7 @@ def reproduce(folder: Path, cfg: dict) -> str:
         raise ModelError(f"{folder}: unreadable test tensors ({exc})") from exc
     network = get_kind(cfg["runtime"]["kind"]).load(folder, cfg, "cpu")
     image = np.moveaxis(raw[0], 0, -1).astype(np.uint8)
-    got = np.asarray(network.predict([image])[0])
+    got = _labels_of(network.predict([image])[0])
     agreement = float(np.mean((got > 0) == (expected > 0)))
     counts = (int(np.count_nonzero(np.unique(got))), int(np.count_nonzero(np.unique(expected))))
     if agreement < AGREEMENT or counts[0] != counts[1]:

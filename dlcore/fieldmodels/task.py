@@ -69,7 +69,8 @@ class FieldModelTask:
 def load_field_task(folder: Path, name: str, params: dict | None = None, *, device: str = "cpu",
                     batch_size: int = 8) -> FieldModelTask:
     """The task of the imported package in ``folder`` with the user's ``params``: ``mpp``, ``tile_size``,
-    ``halo``, ``batch_size``, ``device``, and the kind's own (e.g. InstanSeg's ``seed_threshold``)."""
+    ``halo``, ``batch_size`` (default: the node's, at most the package's ``runtime.batch_size``), ``device``,
+    and the kind's own (e.g. InstanSeg's ``seed_threshold``)."""
     import yaml
 
     from dlcore.fieldmodels.kinds import get_kind
@@ -90,8 +91,8 @@ def load_field_task(folder: Path, name: str, params: dict | None = None, *, devi
         raise ModelError(f"model {name!r}: {weights.name} has sha256 {actual[:12]}… but the package states "
                          f"{str(expected)[:12]}…: the weights were changed or damaged; install the model again")
     params = dict(params or {})
-    common = {"mpp": cfg["mpp"], "tile_size": cfg["tile_size"], "halo": cfg["halo"], "batch_size": batch_size,
-              "device": device}
+    common = {"mpp": cfg["mpp"], "tile_size": cfg["tile_size"], "halo": cfg["halo"],
+              "batch_size": min(batch_size, int(runtime.get("batch_size") or batch_size)), "device": device}
     for key in COMMON:
         if params.get(key) is not None:
             common[key] = params.pop(key)

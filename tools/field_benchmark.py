@@ -1,0 +1,241 @@
+"""Imported field models (``dlcore models import``) side by side with the same model run by its own tool.
+
+The references are what an InstanSeg or a StarDist user writes for a whole image: read it into memory
+and hand it to the tool's own large-image path, which normalises the whole image once, cuts it into
+overlapping tiles and stitches their objects.  dlcore runs the same weights with ``dlcore run``: tiles
+streamed from the file, normalised with the slide's statistics from sample windows, objects stitched
+by ownership, labels written as a pyramidal OME-TIFF with objects.csv and objects.geojson beside them.
+
+    python tools/field_benchmark.py prepare OUT                          # slides, weights, registry
+    python tools/field_benchmark.py instanseg-own SLIDE MODEL.pt OUT.tif  # InstanSeg's own path (time it)
+    TFVENV/bin/python tools/field_benchmark.py stardist-own SLIDE FOLDER OUT.tif  # StarDist + TensorFlow
+    DLCORE_CONFIG=OUT/dlcore.toml dlcore run instanseg-random SLIDE -o RUNS --no-tissue-detection \\
+        --param window_size=8 --param peak_distance=8                    # dlcore, InstanSeg (time it)
+    DLCORE_CONFIG=OUT/dlcore.toml dlcore run stardist-random SLIDE -o RUNS --no-tissue-detection
+    python tools/field_benchmark.py compare RUNS/SLIDE/MODEL/labels.ome.tif OUT.tif   # counts, F1
+
+``prepare`` writes H&E-like slides (pink eosin, dark purple round "nuclei", made tile by tile with
+``he_like_image`` from ``tests/field_weights.py``) as tiled pyramidal OME-TIFFs at 0.5 µm/px, one per
+side (``--sides``, default 1024 and 2048), a random InstanSeg TorchScript
+(``tests/instanseg_weights.py``, seed bias 4 so that it finds seeds) and a random StarDist 2D folder
+(``tests/field_weights.py``), imports both into ``OUT/models`` (``instanseg-random``,
+``stardist-random``) and writes ``OUT/dlcore.toml`` naming that registry.  It adds ``tests/`` to
+``sys.path`` to reuse those helpers, so run it from a source checkout.  The weights are random: the
+comparison shows that tiling and normalisation agree and what each costs, not accuracy.
+
+``instanseg-own`` is ``InstanSeg(torch.jit.load(MODEL.pt), device="cpu").eval_medium_image`` on the
+image read with tifffile (``eval_whole_slide_image`` needs tiffslide, which dlcore does not install):
+tiles of 512 px, InstanSeg's 100 px overlap, percentiles 0.1/99.9 per channel of the whole image,
+``window_size=8, peak_distance=8`` as given to dlcore.  ``stardist-own`` is ``StarDist2D(None, ...)``
+then ``predict_instances_big`` on ``normalize(img, 1, 99.8, axis=(0, 1))`` with blocks of 608 px (dlcore's
+512 px tiles and 48 px halos), context 48 and overlap 32.  It needs TensorFlow, which is not in dlcore's
+environment; make one beside it::
+
+    python -m venv tfvenv && tfvenv/bin/pip install tensorflow-cpu stardist tifffile
+
+(this file then only needs numpy, tifffile and stardist: dlcore is not imported by that subcommand).
+
+``compare`` prints the object count of each label image and the F1 of objects matched one to one at
+IoU >= 0.5.  dlcore normalises once per slide from sample windows, the own tools once per whole image
+from all of its pixels: for an image this size the statistics are nearly the same, and what is left
+is the tiling (tile and overlap sizes, how objects across a seam are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+MPP = 0.5
+INSTANSEG_PARAMS = {"window_size": 8, "peak_distance": 8}
+INSTANSEG_NAME = "instanseg-random"
+STARDIST_NAME = "stardist-random"
+
+
+# --------------------------------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------------------------------
+
+def he_slide(side: int, *, cell: int = 256, nuclei_per_cell: int = 40, seed: int = 0) -> np.ndarray:
+    """A ``(side, side, 3)`` uint8 H&E-like image: ``he_like_image`` cells of ``cell`` px, each with its
+    own seed (``he_like_image`` places nuclei by rejection, too slow for thousands at once)."""
+    from field_weights import he_like_image
+
+    image = np.empty((side, side, 3), np.uint8)
+    n = -(-side // cell)
+    for i in range(n):
+        for j in range(n):
+            block = he_like_image(cell, n_nuclei=nuclei_per_cell, seed=seed * 100003 + i * n + j)
+            h, w = min(cell, side - i * cell), min(cell, side - j * cell)
+            image[i * cell:i * cell + h, j * cell:j * cell + w] = block[:h, :w]
+    return image
+
+
+def write_pyramid(path: Path, image: np.ndarray, mpp: float = MPP, tile: int = 256) -> Path:
+    """A tiled pyramidal OME-TIFF (levels halved down to about 256 px, as sub-IFDs) at ``mpp`` µm/px."""
+    import tifffile
+
+    levels = [image]
+    while min(levels[-1].shape[:2]) > 2 * tile:
+        prev = levels[-1]
+        h, w = prev.shape[0] // 2 * 2, prev.shape[1] // 2 * 2
+        levels.append(prev[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8))
+    options = dict(photometric="rgb", tile=(tile, tile), compression="zlib")
+    with tifffile.TiffWriter(path, bigtiff=False, ome=True) as tif:
+        tif.write(levels[0], subifds=len(levels) - 1, resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER",
+                  metadata={"axes": "YXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp}, **options)
+        for level in levels[1:]:
+            tif.write(level, subfiletype=1, **options)
+    return path
+
+
+def prepare(out: Path, sides=(1024, 2048)) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from field_weights import write_stardist_folder
+    from instanseg_weights import write_instanseg_torchscript
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for side in sides:
+        print(write_pyramid(out / f"he-{side}.ome.tif", he_slide(side, seed=side)))
+    pt = write_instanseg_torchscript(out / "instanseg.pt", pixel_size=MPP, seed_bias=4.0)
+    folder = write_stardist_folder(out / "stardist" / "2D_versatile_he")
+    print(pt, folder, sep="\n")
+    config = out / "dlcore.toml"
+    config.write_text(f'[dlcore]\nmodels_dir = "{out / "models"}"\ndevice = "cpu"\n')
+    os.environ["DLCORE_CONFIG"] = str(config)
+    from dlcore.cli import main
+
+    for argv in (["models", "import", "instanseg", str(pt), "--name", INSTANSEG_NAME, "--licence", "Apache-2.0",
+                  "--source", "random InstanSeg network (benchmark)", "--training-data", "none: random weights"],
+                 ["models", "import", "stardist", str(folder), "--name", STARDIST_NAME, "--mpp", str(MPP)]):
+        if main(argv + ["--force"]) != 0:
+            raise SystemExit(f"import failed: {' '.join(argv)}")
+    print(f"DLCORE_CONFIG={config}")
+
+
+# --------------------------------------------------------------------------------------------------
+# the own tools
+# --------------------------------------------------------------------------------------------------
+
+def _read(slide: Path) -> np.ndarray:
+    import tifffile
+
+    return tifffile.imread(slide)  # level 0 of the first series: (Y, X, 3) uint8
+
+
+def instanseg_own(slide: Path, model: Path, out: Path, tile_size: int = 512, batch_size: int = 1) -> None:
+    """InstanSeg's own medium-image path over the whole image; labels (int32) to ``out``."""
+    import tifffile
+    import torch
+    from instanseg import InstanSeg
+
+    start = time.perf_counter()
+    image = _read(slide)
+    instanseg = InstanSeg(torch.jit.load(str(model)), device="cpu", verbosity=0)
+    labels = instanseg.eval_medium_image(image, pixel_size=MPP, tile_size=tile_size, batch_size=batch_size,
+                                         return_image_tensor=False, target="nuclei", **INSTANSEG_PARAMS)
+    labels = labels.squeeze().cpu().numpy().astype(np.int32)
+    tifffile.imwrite(out, labels, compression="zlib")
+    print(f"instanseg-own: {labels.max()} label max, {len(np.unique(labels)) - 1} objects, "
+          f"{time.perf_counter() - start:.1f} s")
+
+
+def stardist_own(slide: Path, folder: Path, out: Path, block_size: int = 608, min_overlap: int = 32,
+                 context: int = 48) -> None:
+    """StarDist's own big-image path (TensorFlow) over the whole image; labels (int32) to ``out``."""
+    import tifffile
+    from csbdeep.utils import normalize
+    from stardist.models import StarDist2D
+
+    start = time.perf_counter()
+    image = _read(slide)
+    model = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
+    block_size = min(block_size, min(image.shape[:2]) // 16 * 16)  # StarDist wants a block within the image
+    labels, _ = model.predict_instances_big(normalize(image, 1, 99.8, axis=(0, 1)), axes="YXC",
+                                            block_size=block_size, min_overlap=min_overlap, context=context,
+                                            show_progress=False)
+    labels = np.asarray(labels, np.int32)
+    tifffile.imwrite(out, labels, compression="zlib")
+    print(f"stardist-own: {len(np.unique(labels)) - 1} objects, {time.perf_counter() - start:.1f} s")
+
+
+# --------------------------------------------------------------------------------------------------
+# compare
+# --------------------------------------------------------------------------------------------------
+
+def match_f1(reference: np.ndarray, test: np.ndarray, iou: float = 0.5) -> tuple[float, int, int, int]:
+    """F1 of objects matched one to one at IoU >= ``iou``: (F1, matched, reference count, test count)."""
+    reference = np.asarray(reference, np.int64).ravel()
+    test = np.asarray(test, np.int64).ravel()
+    ref_ids, ref_area = np.unique(reference, return_counts=True)
+    test_ids, test_area = np.unique(test, return_counts=True)
+    ref_area, test_area = dict(zip(ref_ids, ref_area)), dict(zip(test_ids, test_area))
+    n_ref, n_test = int((ref_ids > 0).sum()), int((test_ids > 0).sum())
+    both = (reference > 0) & (test > 0)
+    pairs, inter = np.unique(reference[both] * (int(test.max()) + 1) + test[both], return_counts=True)
+    matched_ref, matched_test = set(), set()
+    for key, n in zip(pairs, inter):
+        r, t = divmod(int(key), int(test.max()) + 1)
+        if n / (ref_area[r] + test_area[t] - n) >= iou and r not in matched_ref and t not in matched_test:
+            matched_ref.add(r)
+            matched_test.add(t)
+    tp = len(matched_ref)
+    f1 = 2 * tp / (n_ref + n_test) if n_ref + n_test else 1.0
+    return f1, tp, n_ref, n_test
+
+
+def compare(dlcore_labels: Path, own_labels: Path) -> None:
+    import tifffile
+
+    ours = tifffile.imread(dlcore_labels, level=0, series=0) if str(dlcore_labels).endswith(".ome.tif") \
+        else tifffile.imread(dlcore_labels)
+    theirs = tifffile.imread(own_labels)
+    ours, theirs = np.squeeze(ours), np.squeeze(theirs)
+    if ours.shape != theirs.shape:
+        raise SystemExit(f"shapes differ: dlcore {ours.shape}, own tool {theirs.shape}")
+    f1, tp, n_ours, n_theirs = match_f1(ours, theirs)
+    print(f"dlcore {n_ours} objects, own tool {n_theirs} objects, {tp} matched at IoU >= 0.5, F1 {f1:.3f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="slides, random weights, a registry with both imported")
+    p.add_argument("out", type=Path)
+    p.add_argument("--sides", type=int, nargs="+", default=[1024, 2048])
+    p = sub.add_parser("instanseg-own", help="InstanSeg's own eval_medium_image over the whole image")
+    p.add_argument("slide", type=Path)
+    p.add_argument("model", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--tile-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=1)
+    p = sub.add_parser("stardist-own", help="StarDist's own predict_instances_big (needs TensorFlow)")
+    p.add_argument("slide", type=Path)
+    p.add_argument("model", type=Path, help="the model folder (config.json, thresholds.json, weights_best.h5)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--block-size", type=int, default=608)
+    p.add_argument("--min-overlap", type=int, default=32)
+    p.add_argument("--context", type=int, default=48)
+    p = sub.add_parser("compare", help="object counts and F1 at IoU 0.5 of two label images")
+    p.add_argument("dlcore_labels", type=Path)
+    p.add_argument("own_labels", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "prepare":
+        prepare(args.out, tuple(args.sides))
+    elif args.command == "instanseg-own":
+        instanseg_own(args.slide, args.model, args.out, args.tile_size, args.batch_size)
+    elif args.command == "stardist-own":
+        stardist_own(args.slide, args.model.resolve(), args.out, args.block_size, args.min_overlap, args.context)
+    else:
+        compare(args.dlcore_labels, args.own_labels)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
