@@ -13,6 +13,7 @@ by ownership, labels written as a pyramidal OME-TIFF with objects.csv and object
         --param window_size=8 --param peak_distance=8                    # dlcore, InstanSeg (time it)
     DLCORE_CONFIG=OUT/dlcore.toml dlcore run stardist-random SLIDE -o RUNS --no-tissue-detection
     python tools/field_benchmark.py compare RUNS/SLIDE/MODEL/labels.ome.tif OUT.tif   # counts, F1
+    FIELDVENV/bin/python tools/field_benchmark.py tiatoolbox-own SLIDE WEIGHTS.pth OUTDIR  # TIAToolbox's engine
 
 ``prepare`` writes H&E-like slides (pink eosin, dark purple round "nuclei", made tile by tile with
 ``he_like_image`` from ``tests/field_weights.py``) as tiled pyramidal OME-TIFFs at 0.5 µm/px, one per
@@ -203,6 +204,28 @@ def compare(dlcore_labels: Path, own_labels: Path) -> None:
     print(f"dlcore {n_ours} objects, own tool {n_theirs} objects, {tp} matched at IoU >= 0.5, F1 {f1:.3f}")
 
 
+def tiatoolbox_own(slide: Path, weights: Path, out: Path, entry: str = "hovernet_fast-pannuke") -> None:
+    """TIAToolbox's own engine over the slide file: ``MultiTaskSegmentor`` with the pretrained entry's
+    architecture and IO configuration, the weights loaded from ``weights`` (no download), zarr output in
+    ``out``; prints the objects it found and the time.  Run it with the field-models environment's Python."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import shutil
+
+    import zarr
+    from tiatoolbox.models.architecture import get_pretrained_model
+    from tiatoolbox.models.engine.multi_task_segmentor import MultiTaskSegmentor
+
+    start = time.perf_counter()
+    model, ioconfig = get_pretrained_model(entry, pretrained_weights=str(weights))
+    shutil.rmtree(out, ignore_errors=True)
+    engine = MultiTaskSegmentor(model=model, batch_size=8, num_workers=0, device="cpu", verbose=False)
+    result = engine.run(images=[slide], patch_mode=False, ioconfig=ioconfig, save_dir=out, overwrite=True,
+                        output_type="zarr", device="cpu")
+    store = zarr.open(str(next(iter(result.values()))), mode="r")
+    boxes = next((store[k] for k in ("box", "nuclei_segmentation/box") if k in store), None)
+    print(f"tiatoolbox-own: {0 if boxes is None else boxes.shape[0]} objects, {time.perf_counter() - start:.1f} s")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +245,11 @@ def main(argv=None) -> int:
     p.add_argument("--block-size", type=int, default=608)
     p.add_argument("--min-overlap", type=int, default=32)
     p.add_argument("--context", type=int, default=48)
+    p = sub.add_parser("tiatoolbox-own", help="TIAToolbox's own engine (run with the field-models Python)")
+    p.add_argument("slide", type=Path)
+    p.add_argument("weights", type=Path, help="a TIAToolbox weights file (.pth state dict)")
+    p.add_argument("out", type=Path, help="the engine's save folder (replaced)")
+    p.add_argument("--entry", default="hovernet_fast-pannuke", help="TIAToolbox's pretrained entry")
     p = sub.add_parser("compare", help="object counts and F1 at IoU 0.5 of two label images")
     p.add_argument("dlcore_labels", type=Path)
     p.add_argument("own_labels", type=Path)
@@ -230,6 +258,8 @@ def main(argv=None) -> int:
         prepare(args.out, tuple(args.sides))
     elif args.command == "instanseg-own":
         instanseg_own(args.slide, args.model, args.out, args.tile_size, args.batch_size)
+    elif args.command == "tiatoolbox-own":
+        tiatoolbox_own(args.slide.resolve(), args.weights.resolve(), args.out.resolve(), args.entry)
     elif args.command == "stardist-own":
         stardist_own(args.slide, args.model.resolve(), args.out, args.block_size, args.min_overlap, args.context)
     else:
