@@ -501,6 +501,8 @@ def _summary(info, task, plan, tissue, tiles, stitcher, n_objects) -> dict:
         summary["truncated_objects"] = stitcher.truncated
         summary["duplicates_dropped"] = stitcher.duplicates
         summary["object_area_fraction_of_tissue"] = round(stitcher.total_area_px * factor * factor / max(tissue_px, 1), 4)
+        if getattr(stitcher, "class_counts", None):  # objects a model or classifier gave a class
+            summary["objects_by_class"] = dict(sorted(stitcher.class_counts.items()))
         if warnings:
             summary["warnings"] = warnings
             for warning in warnings:

@@ -146,3 +146,28 @@ def he_like_image(size: int = 256, *, n_nuclei: int = 30, radius: float = 6.0, s
         image[rr, cc] = (90, 55, 140)
     image += rng.normal(0, 8, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def zip_with_escape(path: Path, files: dict[str, Path]) -> Path:
+    """A zip at ``path`` holding ``files`` (member name -> file) and a member ``../evil`` that would be
+    written outside the folder it is unpacked into (a "zip slip")."""
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, source in files.items():
+            archive.write(source, name)
+        archive.writestr("../evil", "written outside the folder")
+    return path
+
+
+def redirect_tempdir(tmp_path: Path, monkeypatch) -> Path:
+    """Make :mod:`tempfile` create its folders under a new ``tmp_path / "scratch"`` (returned), so that a
+    test can see what unpacking left there."""
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+

@@ -24,7 +24,7 @@ from dlcore.io import open_slide
 from dlcore.io.local_sink import LocalFolderSink
 from dlcore.models.registry import list_models, load_task, validate_package
 from dlcore.workflows import RunOptions, analyse_slide
-from field_weights import he_like_image, write_stardist_folder
+from field_weights import he_like_image, redirect_tempdir, write_stardist_folder, zip_with_escape
 from instanseg_weights import write_instanseg_torchscript
 from test_tiling_invariance import match_f1
 
@@ -77,6 +77,7 @@ def test_instanseg_import_writes_a_card_and_a_valid_package(instanseg_pt, config
     assert rdf["license"] == "Apache-2.0" and rdf["weights"]["torchscript"]["source"] == "instanseg.pt"
     cfg = rdf["config"]["dlcore"]
     assert cfg["kind"] == "imported" and cfg["mpp"] == 0.5 and cfg["runtime"]["kind"] == "instanseg"
+    assert "weights_sha256" not in cfg["runtime"]  # the rdf's weights sha256 is the one record of it
     digest = rdf["weights"]["torchscript"]["sha256"]
     card = (folder / "README.md").read_text()
     assert digest in card and "Apache-2.0" in card and "random weights" in card
@@ -128,6 +129,17 @@ def test_bad_weights_are_refused_and_nothing_is_registered(problem, instanseg_pt
     with pytest.raises(ModelError, match=re.escape(expected)):
         import_model("instanseg", source, name="broken", publisher=publisher, config=config)
     assert _registry_entries(config) == before  # no package, no scratch folder left
+
+
+def test_an_instanseg_zip_with_a_member_outside_its_folder_is_refused(instanseg_pt, config, tmp_path, monkeypatch):
+    scratch = redirect_tempdir(tmp_path, monkeypatch)  # the kind unpacks into a temporary folder
+    zoo = zip_with_escape(tmp_path / "zoo" / "evil.zip", {"evil/instanseg.pt": instanseg_pt})
+    before = _registry_entries(config)
+    with pytest.raises(ModelError, match=re.escape("holds a file outside its folder (../evil); refused")):
+        import_model("instanseg", zoo, name="evil", publisher=APACHE, config=config)
+    assert _registry_entries(config) == before
+    assert list(scratch.iterdir()) == []  # nothing written beside the unpacking folder, which is gone too
+    assert sorted(p.name for p in zoo.parent.iterdir()) == ["evil.zip"]
 
 
 def test_unknown_kind_and_an_installed_name_are_refused(instanseg_pt, config):
@@ -277,6 +289,8 @@ def test_a_model_that_classifies_its_objects_gives_them_its_classes_across_tiles
         rows = list(csv.DictReader(fh))
     classes = {row["class"] for row in rows}
     assert classes == {"dim", "bright"}
+    counts = result.summary["objects_by_class"]  # the summary's (and OMERO key-values') per-class counts
+    assert counts == {c: sum(row["class"] == c for row in rows) for c in ("bright", "dim")}
     for row in rows:  # every object is classed by the model's own verdict, wherever its tile cut it
         x = float(row["centroid_x"])
         assert row["class"] == ("bright" if x < 128 else "dim"), row
@@ -334,3 +348,67 @@ def test_run_model_runs_an_imported_model_on_an_omero_image(instanseg_pt, tmp_pa
     provenance = [om.server.file_bytes[a.getFile().getId().getValue()] for a in attached
                   if "provenance" in str(om.server.get("OriginalFile", a.getFile().getId().getValue()).getName().getValue())]
     assert provenance and digest.encode() in provenance[0] and b'"imported_kind": "instanseg"' in provenance[0]
+
+
+class _BrightnessClassifier:
+    """A stand-in patch classifier: P(bright) rises with a patch's mean grey value (classes dark, bright)."""
+
+    def fit(self, samples):
+        return self
+
+    def classify(self, patches):
+        means = np.array([np.asarray(p, np.float32).mean() / 255 for p in patches], np.float32)
+        return np.stack([1 - means, means], axis=1)
+
+    def describe(self):
+        return {"stand-in": True}
+
+
+def test_an_imported_patch_classifier_maps_its_patches_whatever_the_tiling(tmp_path):
+    """FieldPatchTask: every tissue patch gets the network's probabilities, glass patches none; the class
+    map, heatmap and slide decision are the same for one tile and for six."""
+    from dlcore.fieldmodels.task import FieldPatchTask
+
+    image = np.full((64, 96, 3), 245, np.uint8)  # 2 x 3 patches of 32 px; the top-left one glass
+    image[:, 32:64] = 150
+    image[:, 64:] = 60
+    image[32:, :32] = 100
+    path = _slide(tmp_path / "patches.ome.tif", image, 0.5, tile=32)
+
+    def task(tile_size):
+        return FieldPatchTask(network=_BrightnessClassifier(), name="bright", version="1", package="-",
+                              runtime_kind="test", weights_sha256="-", mpp=None, tile_size=tile_size, halo=0,
+                              batch_size=2, in_channels=3, channel_invariant=False, class_names=("dark", "bright"),
+                              class_colors=((0, 0, 255), (255, 255, 0)), patch_size=32)
+
+    one, one_labels = _run(path, task(96), tmp_path / "one")
+    six, six_labels = _run(path, task(32), tmp_path / "six")
+    assert (one.summary["tiles"], six.summary["tiles"]) == (1, 6)
+    heat = np.load(six.outputs["heatmap probabilities"])
+    np.testing.assert_allclose(heat, np.load(one.outputs["heatmap probabilities"]), atol=1e-3)
+    assert np.isnan(heat[0, 0]).all()
+    np.testing.assert_allclose(heat[1, 0], [1 - 100 / 255, 100 / 255], atol=2e-3)
+    np.testing.assert_allclose(heat[0, 1], [1 - 150 / 255, 150 / 255], atol=2e-3)
+    expected = np.array([[0, 2, 1], [1, 2, 1]])  # class index + 1 per patch, 0 on glass
+    assert (six_labels == np.kron(expected, np.ones((32, 32), int))).all()
+    assert (one_labels == six_labels).all()
+    assert six.summary["tissue_patches"] == 5 and six.summary["patch_counts"] == {"dark": 3, "bright": 2}
+    assert six.summary["slide_class"] == "dark" and six.summary["tags"] == ["dark"]
+    assert six.provenance["task"]["parameters"]["patch_size"] == 32
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"patch_size": 100}, "tile_size=448 must be a multiple of patch_size=100"),
+    ({"halo": 16}, "a patch classifier's patches are classified alone"),
+    ({"background_class": "glass"}, "background_class='glass' is not one of the classes"),
+    ({"output": "objects"}, "output='objects' must be one of"),
+])
+def test_an_imported_models_output_settings_are_checked(change, message):
+    from dlcore.models.spec import check_dlcore_config
+
+    cfg = {"kind": "imported", "output": "patch_classification", "mpp": 0.5, "tile_size": 448, "halo": 0,
+           "classes": ["tumour", "stroma"], "patch_size": 224, "normalization": {"type": "none"},
+           "runtime": {"kind": "tiatoolbox", "weights": "weights.pth"}}
+    assert check_dlcore_config(dict(cfg), where="m")["output"] == "patch_classification"
+    with pytest.raises(ModelError, match=re.escape(message)):
+        check_dlcore_config({**cfg, **change}, where="m")

@@ -11,7 +11,7 @@ import pytest
 
 from dlcore.errors import ConfigError, ModelError
 from dlcore.fieldmodels import worker as worker_module
-from dlcore.fieldmodels.external import Worker, WorkerNetwork, field_python
+from dlcore.fieldmodels.external import Worker, WorkerNetwork, close_workers, field_python
 from dlcore.fieldmodels.wire import read_message, write_message
 from dlcore.tiling.tile_objects import TypedLabels
 
@@ -105,6 +105,18 @@ def test_a_real_worker_process_replies_with_typed_errors_and_its_death_is_report
             worker.request({"op": "describe"})
     finally:
         worker.close()
+
+
+def test_workers_still_running_at_exit_are_stopped_and_waited_for():
+    """A loaded model kept until dlcore exits: the exit handler stops its worker and reaps it (no process
+    left behind, and its CPU time is the run's), and closing again is harmless."""
+    kept = [Worker(sys.executable), Worker(sys.executable)]
+    network = WorkerNetwork(kept[1])
+    assert all(w.process.poll() is None for w in kept)
+    close_workers()
+    assert [w.process.returncode for w in kept] == [0, 0]
+    network.close()
+    kept[0].close()
 
 
 def test_worker_network_turns_replies_into_labels_and_typed_labels():

@@ -3,6 +3,7 @@ weights in the torch network, and prediction with slide-level normalisation (ran
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -15,7 +16,8 @@ import torch
 
 from dlcore.errors import ModelError
 from dlcore.fieldmodels.stardist import KIND
-from field_weights import VERSATILE_HE_CONFIG, he_like_image, write_stardist_folder
+from field_weights import (VERSATILE_HE_CONFIG, he_like_image, redirect_tempdir, write_stardist_folder,
+                           zip_with_escape)
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +145,16 @@ def test_bad_zip_and_missing_path(tmp_path):
         KIND.inspect(tmp_path / "m.zip")
     with pytest.raises(ModelError, match="does not exist"):
         KIND.inspect(tmp_path / "nothing")
+
+
+def test_a_zip_with_a_member_outside_its_folder_is_refused(he_folder, tmp_path, monkeypatch):
+    scratch = redirect_tempdir(tmp_path, monkeypatch)  # the kind unpacks into a temporary folder
+    archive = zip_with_escape(tmp_path / "zips" / "evil.zip",
+                              {name: he_folder / name for name in ("config.json", "thresholds.json", "weights_best.h5")})
+    with pytest.raises(ModelError, match=re.escape("holds a file outside its folder (../evil); refused")):
+        KIND.inspect(archive)
+    assert list(scratch.iterdir()) == []  # nothing written beside the unpacking folder, which is gone too
+    assert sorted(p.name for p in archive.parent.iterdir()) == ["evil.zip"]
 
 
 # -------------------------------------------------------------------------------------------- weights

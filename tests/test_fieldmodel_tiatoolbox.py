@@ -80,7 +80,10 @@ def test_inspect_recognises_the_pannuke_hovernet(pannuke):
     assert runtime["pretrained"] == "hovernet_fast-pannuke" and runtime["class"] == "HoVerNet"
     assert runtime["patch_input"] == [256, 256] and runtime["patch_output"] == [164, 164]
     assert runtime["kwargs"]["mode"] == "fast" and runtime["kwargs"]["num_types"] == 6
-    assert inspected.halo >= (256 - 164) // 2 + 40 and inspected.tile_size == 512
+    # the window (tile + 2 halos) is a whole number of HoVer-Net's 164 px output patches, at least 1024 px
+    # (a 512 px tile made a 704 px window of 25 patches, 16 of them useful): 956 + 2 x 96 = 7 x 164
+    assert inspected.halo >= (256 - 164) // 2 + 40 and inspected.tile_size == 956
+    assert (inspected.tile_size + 2 * inspected.halo) % 164 == 0
     assert inspected.default_name == "hovernet_fast-pannuke"
     publisher = inspected.publisher
     assert "TIACentre/TIAToolbox_pretrained_weights" in publisher.source and "PanNuke" in publisher.training_data

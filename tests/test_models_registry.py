@@ -100,6 +100,22 @@ def test_install_from_folder_and_zip_then_remove(package, tmp_path, config):
         registry.remove("tiny-zip", config)
 
 
+@pytest.mark.parametrize("member", ["../evil", "absolute"])
+def test_a_zip_with_a_member_outside_its_folder_is_refused(member, package, tmp_path, config):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    member = str(outside / "evil") if member == "absolute" else member
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in package.iterdir():
+            zf.write(f, f"tiny/{f.name}")
+        zf.writestr(member, "written outside the folder")
+    message = _refused(archive, config, "holds a file outside its folder")
+    assert message.endswith(f"({member}); refused") and str(archive) in message
+    assert list(outside.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "evil.zip", "models", "outside"]
+
+
 def test_install_from_git_url_pinned_commit(package, tmp_path, config):
     repo = tmp_path / "repo"
     shutil.copytree(package, repo / "models" / "tiny")

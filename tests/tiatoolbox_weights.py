@@ -25,6 +25,11 @@ on the random network's own features (the input of those convolutions) for one s
 
 The fitted network then finds roughly one object per dark disk of an H&E-like image.  MicroNet is not
 supported with ``--nuclei``.
+
+For HoVer-Net+ (``hovernetplus-oed``) ``--nuclei`` also fits its layer head's final convolution
+(``decoder.ls.u0.conv``) on one :func:`layer_patch`: rows 0 (Background), 1 (Other Tissue) and 3 ((Core)
+Epithelium) fitted to +6 on glass, on pink tissue and on the darker purple "epithelium" respectively and -6
+elsewhere, the other rows 0, so that :func:`layered_image` comes out as glass / other tissue / epithelium.
 """
 from __future__ import annotations
 
@@ -69,6 +74,37 @@ def training_patch(size: int, seed: int = 123) -> tuple[np.ndarray, np.ndarray]:
     image[labels > 0] = (90, 55, 140)
     image += rng.normal(0, 8, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+GLASS, PINK, EPITHELIUM = (245, 245, 245), (235, 180, 205), (165, 105, 180)
+LAYER_ROWS = (0, 1, 3)  # HoVer-Net+ layer ids of glass, other tissue, (core) epithelium
+
+
+def layered_image(height: int, width: int, seed: int = 5, glass: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """A (height, width, 3) uint8 image with a glass strip on top (``glass`` of its height), then other
+    tissue (pink) on the right and "epithelium" (darker purple) on the left half, nuclei on both; and its
+    layer ids."""
+    rng = np.random.default_rng(seed)
+    layers = np.full((height, width), 1, np.uint8)
+    layers[:, : width // 2] = 3
+    layers[: int(height * glass)] = 0
+    colours = {0: GLASS, 1: PINK, 3: EPITHELIUM}
+    image = np.empty((height, width, 3), np.float32)
+    for layer, colour in colours.items():
+        image[layers == layer] = colour
+    yy, xx = np.mgrid[:height, :width]
+    for _ in range(height * width // 1200):
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        if layers[int(cy), int(cx)]:
+            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = (90, 55, 140)
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), layers
+
+
+def layer_patch(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training patch of HoVer-Net+'s layer read-out (:func:`layered_image` of one patch, its glass
+    reaching well into the patch's output region)."""
+    return layered_image(size, size, seed=11, glass=0.45)
 
 
 def _hv_targets(labels: np.ndarray) -> np.ndarray:
@@ -122,6 +158,35 @@ def fit_nuclei(model, entry: dict) -> None:
                 conv.bias[row] = float(bias[k])
 
 
+def fit_layers(model, entry: dict) -> None:
+    """Replace HoVer-Net+'s layer head's final 1x1 convolution by a read-out that finds glass, other tissue
+    and epithelium by colour (the module docstring)."""
+    import torch
+
+    io = entry["ioconfig"]["kwargs"]
+    patch_in, patch_out = int(io["patch_input_shape"][0]), int(io["patch_output_shape"][0])
+    image, layers = layer_patch(patch_in)
+    margin = (patch_in - patch_out) // 2
+    layers = layers[margin:margin + patch_out, margin:margin + patch_out]
+    conv = model.decoder["ls"].u0.conv
+    captured = {}
+    hook = conv.register_forward_hook(lambda m, i, o: captured.__setitem__("ls", i[0].detach()))
+    model.eval()
+    with torch.no_grad():
+        model(torch.from_numpy(image)[None].permute(0, 3, 1, 2).float())
+    hook.remove()
+    feats = captured["ls"][0].permute(1, 2, 0).reshape(-1, conv.in_channels).numpy()
+    targets = np.stack([np.where(layers == row, NUCLEUS_LOGIT, -NUCLEUS_LOGIT) for row in LAYER_ROWS], axis=-1)
+    weight, bias = _ridge(feats, targets.reshape(len(feats), -1))
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.bias.fill_(-2 * NUCLEUS_LOGIT)  # the rows not fitted never win
+        for k, row in enumerate(LAYER_ROWS):
+            conv.weight[row, :, 0, 0] = torch.from_numpy(weight[k])
+            conv.bias[row] = float(bias[k])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("entry")
@@ -137,6 +202,8 @@ def main(argv=None) -> int:
         if not hasattr(model, "decoder") or "np" not in model.decoder:
             raise SystemExit(f"--nuclei supports HoVer-Net entries, not {args.entry}")
         fit_nuclei(model, entry)
+        if "ls" in model.decoder:
+            fit_layers(model, entry)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), args.out)
     return 0

@@ -14,15 +14,31 @@ by ownership, labels written as a pyramidal OME-TIFF with objects.csv and object
     DLCORE_CONFIG=OUT/dlcore.toml dlcore run stardist-random SLIDE -o RUNS --no-tissue-detection
     python tools/field_benchmark.py compare RUNS/SLIDE/MODEL/labels.ome.tif OUT.tif   # counts, F1
     FIELDVENV/bin/python tools/field_benchmark.py tiatoolbox-own SLIDE WEIGHTS.pth OUTDIR  # TIAToolbox's engine
+    FIELDVENV/bin/python tools/field_benchmark.py cellpose-own SLIDE OUT/cellpose_nuclei_random.pth OUT.tif
+    DLCORE_CONFIG=OUT/dlcore.toml dlcore run cellpose-random SLIDE -o RUNS --no-tissue-detection   # Cellpose
+    DLCORE_CONFIG=OUT/dlcore.toml dlcore run hovernet-random SLIDE -o RUNS --no-tissue-detection   # HoVer-Net
+    FIELDVENV/bin/python tools/field_benchmark.py tiatoolbox-classifier-own SLIDE OUT/resnet18-kather100k.pth OUTDIR
+    DLCORE_CONFIG=OUT/dlcore.toml dlcore run kather-random SLIDE -o RUNS           # the Kather patch classifier
+
+(``FIELDVENV`` is the field-models environment, torch with tiatoolbox and cellpose; ``prepare`` finds its
+Python in ``--field-python`` or ``DLCORE_FIELD_PYTHON`` and writes it into ``OUT/dlcore.toml`` as
+``field_python``, which ``dlcore run`` needs for the TIAToolbox and Cellpose models.)
 
 ``prepare`` writes H&E-like slides (pink eosin, dark purple round "nuclei", made tile by tile with
 ``he_like_image`` from ``tests/field_weights.py``) as tiled pyramidal OME-TIFFs at 0.5 µm/px, one per
 side (``--sides``, default 1024 and 2048), a random InstanSeg TorchScript
 (``tests/instanseg_weights.py``, seed bias 4 so that it finds seeds) and a random StarDist 2D folder
 (``tests/field_weights.py``), imports both into ``OUT/models`` (``instanseg-random``,
-``stardist-random``) and writes ``OUT/dlcore.toml`` naming that registry.  It adds ``tests/`` to
-``sys.path`` to reuse those helpers, so run it from a source checkout.  The weights are random: the
-comparison shows that tiling and normalisation agree and what each costs, not accuracy.
+``stardist-random``) and writes ``OUT/dlcore.toml`` naming that registry.  With the field-models Python it
+also writes ``OUT/cellpose_nuclei_random.pth`` (``tests/cellpose_weights.py --nuclei --diam-mean 12``: a
+Cellpose 3 CPnet file whose hand-set weights find the slides' dark nuclei, 12 px across) and imports it as
+``cellpose-random`` at 0.5 µm/px, and ``OUT/resnet18-kather100k.pth`` (TIAToolbox's Kather-100K
+``CNNModel``, randomly initialised by ``tests/tiatoolbox_weights.py``) imported as ``kather-random``;
+``--tiatoolbox-sides 1024`` then adds ``he-1024-0.25mpp.ome.tif`` (the
+same image at 0.25 µm/px, HoVer-Net's resolution) and ``OUT/hovernet_fast-pannuke.pth``
+(``tests/tiatoolbox_weights.py hovernet_fast-pannuke --nuclei``) imported as ``hovernet-random``.  It adds
+``tests/`` to ``sys.path`` to reuse those helpers, so run it from a source checkout.  The weights are random
+(or hand-set): the comparison shows that tiling and normalisation agree and what each costs, not accuracy.
 
 ``instanseg-own`` is ``InstanSeg(torch.jit.load(MODEL.pt), device="cpu").eval_medium_image`` on the
 image read with tifffile (``eval_whole_slide_image`` needs tiffslide, which dlcore does not install):
@@ -35,6 +51,18 @@ environment; make one beside it::
     python -m venv tfvenv && tfvenv/bin/pip install tensorflow-cpu stardist tifffile
 
 (this file then only needs numpy, tifffile and stardist: dlcore is not imported by that subcommand).
+
+``cellpose-own`` is ``models.CellposeModel(gpu=False, pretrained_model=MODEL, mkldnn=False).eval`` on the
+whole image read with tifffile, with the arguments dlcore's Cellpose runtime gives each window:
+``channels=[0, 0]`` (greyscale, the mean of R, G and B), ``normalize={"percentile": [1, 99]}`` (over the whole
+image; dlcore computes the same percentiles once per slide from sample windows and passes
+``normalize=False``), ``diameter=12`` (the file's ``diam_mean``, so no rescaling), ``flow_threshold=0.4``,
+``cellprob_threshold=0``, ``min_size=15`` and Cellpose's own block tiling (``bsize=224``,
+``tile_overlap=0.1``, batch 8).  The one difference from a call with Cellpose's defaults is
+``mkldnn=False``, as dlcore loads the model (``--mkldnn`` restores Cellpose's default).  Cellpose then tiles
+the whole image into its 224 px blocks and runs its flow dynamics over the whole image; dlcore gives it one
+640 px window (512 px tile, 64 px halo) at a time.  ``tiatoolbox-own`` and ``cellpose-own`` import only
+numpy, tifffile and the tool (no dlcore): run them with the field-models Python.
 
 ``compare`` prints the object count of each label image and the F1 of objects matched one to one at
 IoU >= 0.5.  dlcore normalises once per slide from sample windows, the own tools once per whole image
@@ -56,6 +84,16 @@ MPP = 0.5
 INSTANSEG_PARAMS = {"window_size": 8, "peak_distance": 8}
 INSTANSEG_NAME = "instanseg-random"
 STARDIST_NAME = "stardist-random"
+CELLPOSE_NAME = "cellpose-random"
+CELLPOSE_DIAMETER = 12.0  # he_like_image's nuclei: radius 6 px
+# the eval arguments dlcore's Cellpose runtime gives (dlcore.fieldmodels.cellpose_runtime: inspect and predict)
+CELLPOSE_EVAL = {"channels": [0, 0], "flow_threshold": 0.4, "cellprob_threshold": 0.0, "min_size": 15,
+                 "tile_overlap": 0.1, "bsize": 224}
+HOVERNET_NAME = "hovernet-random"
+HOVERNET_ENTRY = "hovernet_fast-pannuke"
+HOVERNET_MPP = 0.25
+CLASSIFIER_NAME = "kather-random"
+CLASSIFIER_ENTRY = "resnet18-kather100k"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,7 +133,13 @@ def write_pyramid(path: Path, image: np.ndarray, mpp: float = MPP, tile: int = 2
     return path
 
 
-def prepare(out: Path, sides=(1024, 2048)) -> None:
+def prepare(out: Path, sides=(1024, 2048), field_python: str | None = None, tiatoolbox_sides=()) -> None:
+    """Slides, random weights and a registry (module docstring).  With ``field_python`` (the field-models
+    environment's Python) also the Cellpose weights (``cellpose-random``), the Kather patch classifier
+    (``kather-random``) and, for ``tiatoolbox_sides``, slides at 0.25 µm/px and the HoVer-Net stand-in
+    (``hovernet-random``)."""
+    import subprocess
+
     sys.path.insert(0, str(ROOT / "tests"))
     from field_weights import write_stardist_folder
     from instanseg_weights import write_instanseg_torchscript
@@ -108,13 +152,43 @@ def prepare(out: Path, sides=(1024, 2048)) -> None:
     folder = write_stardist_folder(out / "stardist" / "2D_versatile_he")
     print(pt, folder, sep="\n")
     config = out / "dlcore.toml"
-    config.write_text(f'[dlcore]\nmodels_dir = "{out / "models"}"\ndevice = "cpu"\n')
+    field = f'field_python = "{field_python}"\n' if field_python else ""
+    config.write_text(f'[dlcore]\nmodels_dir = "{out / "models"}"\ndevice = "cpu"\n{field}')
     os.environ["DLCORE_CONFIG"] = str(config)
+    imports = [["models", "import", "instanseg", str(pt), "--name", INSTANSEG_NAME, "--licence", "Apache-2.0",
+                "--source", "random InstanSeg network (benchmark)", "--training-data", "none: random weights"],
+               ["models", "import", "stardist", str(folder), "--name", STARDIST_NAME, "--mpp", str(MPP)]]
+    if field_python:
+        os.environ["DLCORE_FIELD_PYTHON"] = field_python
+        # the hand-set CPnet of tests/cellpose_weights.py: Cellpose's file format, finds dark round nuclei
+        model = out / "cellpose_nuclei_random.pth"
+        subprocess.run([field_python, str(ROOT / "tests" / "cellpose_weights.py"), str(model), "--nuclei",
+                        "--diam-mean", str(CELLPOSE_DIAMETER)], check=True)
+        imports.append(["models", "import", "cellpose", str(model), "--name", CELLPOSE_NAME, "--mpp", str(MPP),
+                        "--licence", "BSD-3-Clause", "--source", "hand-set Cellpose CPnet (benchmark)",
+                        "--training-data", "none: hand-set weights"])
+        # TIAToolbox's Kather-100K ResNet-18 (CNNModel) with its own random initialisation
+        classifier = out / f"{CLASSIFIER_ENTRY}.pth"
+        subprocess.run([field_python, str(ROOT / "tests" / "tiatoolbox_weights.py"), CLASSIFIER_ENTRY,
+                        str(classifier)], check=True)
+        imports.append(["models", "import", "tiatoolbox", str(classifier), "--name", CLASSIFIER_NAME, "--licence",
+                        "BSD-3-Clause", "--source", "random TIAToolbox CNNModel (benchmark)",
+                        "--training-data", "none: random weights"])
+        if tiatoolbox_sides:
+            for side in tiatoolbox_sides:
+                print(write_pyramid(out / f"he-{side}-{HOVERNET_MPP}mpp.ome.tif", he_slide(side, seed=side),
+                                    mpp=HOVERNET_MPP))
+            weights = out / f"{HOVERNET_ENTRY}.pth"
+            subprocess.run([field_python, str(ROOT / "tests" / "tiatoolbox_weights.py"), HOVERNET_ENTRY, str(weights),
+                            "--nuclei"], check=True)
+            imports.append(["models", "import", "tiatoolbox", str(weights), "--name", HOVERNET_NAME, "--licence",
+                            "BSD-3-Clause", "--source", "random HoVer-Net with fitted read-outs (benchmark)",
+                            "--training-data", "none: random weights"])
+    elif tiatoolbox_sides:
+        raise SystemExit("--tiatoolbox-sides needs the field-models Python (--field-python or DLCORE_FIELD_PYTHON)")
     from dlcore.cli import main
 
-    for argv in (["models", "import", "instanseg", str(pt), "--name", INSTANSEG_NAME, "--licence", "Apache-2.0",
-                  "--source", "random InstanSeg network (benchmark)", "--training-data", "none: random weights"],
-                 ["models", "import", "stardist", str(folder), "--name", STARDIST_NAME, "--mpp", str(MPP)]):
+    for argv in imports:
         if main(argv + ["--force"]) != 0:
             raise SystemExit(f"import failed: {' '.join(argv)}")
     print(f"DLCORE_CONFIG={config}")
@@ -164,6 +238,26 @@ def stardist_own(slide: Path, folder: Path, out: Path, block_size: int = 608, mi
     labels = np.asarray(labels, np.int32)
     tifffile.imwrite(out, labels, compression="zlib")
     print(f"stardist-own: {len(np.unique(labels)) - 1} objects, {time.perf_counter() - start:.1f} s")
+
+
+def cellpose_own(slide: Path, model: Path, out: Path, diameter: float = CELLPOSE_DIAMETER, mkldnn: bool = False,
+                 batch_size: int = 8) -> None:
+    """Cellpose 3's own whole-image path: ``CellposeModel(pretrained_model=MODEL).eval`` on the whole image
+    (greyscale, 1/99 percentiles of the whole image, Cellpose's own 224 px blocks with 10 % overlap, flow
+    dynamics over the whole image) with the arguments dlcore's runtime gives; labels (int32) to ``out``.
+    Run it with the field-models environment's Python (cellpose and torch are not in dlcore's)."""
+    import tifffile
+    from cellpose import models
+
+    start = time.perf_counter()
+    image = _read(slide)
+    # a file path, never a name: nothing is downloaded; mkldnn=False as dlcore loads it (Cellpose's default: True)
+    model = models.CellposeModel(gpu=False, pretrained_model=str(model), mkldnn=mkldnn)
+    masks, _, _ = model.eval(image, batch_size=batch_size, diameter=diameter, normalize={"percentile": [1.0, 99.0]},
+                             invert=False, **CELLPOSE_EVAL)
+    labels = np.asarray(masks, np.int32)
+    tifffile.imwrite(out, labels, compression="zlib")
+    print(f"cellpose-own: {len(np.unique(labels)) - 1} objects, {time.perf_counter() - start:.1f} s")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,12 +320,41 @@ def tiatoolbox_own(slide: Path, weights: Path, out: Path, entry: str = "hovernet
     print(f"tiatoolbox-own: {0 if boxes is None else boxes.shape[0]} objects, {time.perf_counter() - start:.1f} s")
 
 
+def tiatoolbox_classifier_own(slide: Path, weights: Path, out: Path, entry: str = CLASSIFIER_ENTRY) -> None:
+    """TIAToolbox's own patch classification of a whole slide: ``PatchPredictor`` with the pretrained
+    entry's architecture and IO configuration (224 px patches at its resolution, stride = patch), the
+    weights from ``weights`` (no download), its own tissue mask (``run`` makes one when none is given),
+    probabilities saved as zarr in ``out``; prints the patches it classified and the time.  Run it with
+    the field-models environment's Python."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import shutil
+
+    import zarr
+    from tiatoolbox.models.engine.patch_predictor import PatchPredictor
+
+    start = time.perf_counter()
+    shutil.rmtree(out, ignore_errors=True)
+    predictor = PatchPredictor(model=entry, weights=str(weights), batch_size=8, num_workers=0, device="cpu",
+                               verbose=False)
+    result = predictor.run(images=[slide], patch_mode=False, save_dir=out, overwrite=True, output_type="zarr",
+                           return_probabilities=True, device="cpu")
+    store = zarr.open(str(next(iter(result.values()))), mode="r")
+    print(f"tiatoolbox-classifier-own: {store['probabilities'].shape[0]} patches classified, "
+          f"{time.perf_counter() - start:.1f} s")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="slides, random weights, a registry with both imported")
     p.add_argument("out", type=Path)
     p.add_argument("--sides", type=int, nargs="+", default=[1024, 2048])
+    p.add_argument("--field-python", default=os.environ.get("DLCORE_FIELD_PYTHON"),
+                   help="the field-models environment's Python (default: DLCORE_FIELD_PYTHON); with it, also the "
+                        f"Cellpose weights, imported as {CELLPOSE_NAME}")
+    p.add_argument("--tiatoolbox-sides", type=int, nargs="*", default=[],
+                   help=f"also slides of these sides at {HOVERNET_MPP} µm/px and the HoVer-Net stand-in, imported as "
+                        f"{HOVERNET_NAME} (needs the field-models Python)")
     p = sub.add_parser("instanseg-own", help="InstanSeg's own eval_medium_image over the whole image")
     p.add_argument("slide", type=Path)
     p.add_argument("model", type=Path)
@@ -250,16 +373,34 @@ def main(argv=None) -> int:
     p.add_argument("weights", type=Path, help="a TIAToolbox weights file (.pth state dict)")
     p.add_argument("out", type=Path, help="the engine's save folder (replaced)")
     p.add_argument("--entry", default="hovernet_fast-pannuke", help="TIAToolbox's pretrained entry")
+    p = sub.add_parser("tiatoolbox-classifier-own",
+                       help="TIAToolbox's PatchPredictor over the slide (run with the field-models Python)")
+    p.add_argument("slide", type=Path)
+    p.add_argument("weights", type=Path, help="a TIAToolbox CNNModel weights file (.pth state dict)")
+    p.add_argument("out", type=Path, help="the engine's save folder (replaced)")
+    p.add_argument("--entry", default=CLASSIFIER_ENTRY, help="TIAToolbox's pretrained entry")
+    p = sub.add_parser("cellpose-own",
+                       help="Cellpose's own eval over the whole image (run with the field-models Python)")
+    p.add_argument("slide", type=Path)
+    p.add_argument("model", type=Path, help="a Cellpose 3 model file (CPnet state dict)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--diameter", type=float, default=CELLPOSE_DIAMETER)
+    p.add_argument("--mkldnn", action="store_true", help="Cellpose's default; dlcore loads models without it")
+    p.add_argument("--batch-size", type=int, default=8)
     p = sub.add_parser("compare", help="object counts and F1 at IoU 0.5 of two label images")
     p.add_argument("dlcore_labels", type=Path)
     p.add_argument("own_labels", type=Path)
     args = parser.parse_args(argv)
     if args.command == "prepare":
-        prepare(args.out, tuple(args.sides))
+        prepare(args.out, tuple(args.sides), args.field_python, tuple(args.tiatoolbox_sides))
+    elif args.command == "cellpose-own":
+        cellpose_own(args.slide, args.model.resolve(), args.out, args.diameter, args.mkldnn, args.batch_size)
     elif args.command == "instanseg-own":
         instanseg_own(args.slide, args.model, args.out, args.tile_size, args.batch_size)
     elif args.command == "tiatoolbox-own":
         tiatoolbox_own(args.slide.resolve(), args.weights.resolve(), args.out.resolve(), args.entry)
+    elif args.command == "tiatoolbox-classifier-own":
+        tiatoolbox_classifier_own(args.slide.resolve(), args.weights.resolve(), args.out.resolve(), args.entry)
     elif args.command == "stardist-own":
         stardist_own(args.slide, args.model.resolve(), args.out, args.block_size, args.min_overlap, args.context)
     else:

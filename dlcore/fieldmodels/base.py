@@ -1,5 +1,5 @@
 """What every kind of imported ("field") model provides: an importer that checks a weights file and says
-what it is, and a network that turns slide windows into instance labels.
+what it is, and a network that turns slide windows into instance labels (or class maps, or patch classes).
 
 A kind (:class:`Kind`) knows one published format: InstanSeg's TorchScript, StarDist's Keras folder,
 TIAToolbox's state dicts, Cellpose's network files.  ``inspect`` reads a file (or folder) a facility
@@ -12,6 +12,12 @@ A :class:`FieldNetwork` is fitted once per slide (its normalisation statistics c
 of the whole slide, so that every tile is normalised alike and tiling cannot change the answer) and
 maps ``(Y, X, C)`` windows, in the slide's dtype, to ``(Y, X)`` int32 instance labels of the same size
 (0 background), or to :class:`TypedLabels` when the model also gives each object a class.
+
+What a model gives is its *output* (:data:`OUTPUTS`): ``instances`` (above); ``semantic``, where
+``predict`` returns ``(Y, X)`` class maps (0 background, class ``i`` is ``classes[i - 1]``), e.g. HoVer-Net+'s
+epithelial layers; ``patch_classification``, where the network's ``classify(patches)`` takes ``(P, P, C)``
+patches of the model's patch size and returns one probability per class for each, ``(N, K)`` float32,
+e.g. TIAToolbox's Kather-100K tissue classifiers.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ import numpy as np
 
 from dlcore.tiling.tile_objects import TypedLabels  # noqa: F401 - what a FieldNetwork may return
 
+OUTPUTS = ("instances", "semantic", "patch_classification")
+
 
 @dataclass(frozen=True)
 class Publisher:
@@ -33,6 +41,7 @@ class Publisher:
     licence: str                # SPDX id as the publisher gives it (e.g. "Apache-2.0", "CC-BY-NC-4.0")
     citation: str = ""
     authors: tuple[str, ...] = ()  # the model's authors, as the publisher names them
+    performance: str = ""       # how well the publisher says it does, on what (for the card)
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,8 @@ class Inspected:
     in_channels : channels the model takes (3 for RGB brightfield).
     mpp : pixel size in µm the model was trained at (the engine reads the slide at that resolution), or
         None when the file does not say (the user then gives ``--mpp``).
-    classes : object class names (``("nucleus",)``, or e.g. HoVer-Net's PanNuke types).
+    classes : object class names (``("nucleus",)``, or e.g. HoVer-Net's PanNuke types); for a ``semantic``
+        output the classes of map values 1..n; for ``patch_classification`` the classifier's outputs in order.
     tile_size, halo : the engine's tiling (halo at least the largest object's radius plus the model's
         receptive field, so that stitching by ownership keeps whole objects).
     runtime : the kind's own settings (thresholds, normalisation percentiles, architecture config),
@@ -58,6 +68,12 @@ class Inspected:
     description : one line for the registry.
     default_name : the registry name to use when the user gives none.
     scratch : a temporary folder the inspection unpacked files into (a zip), removed once they are copied.
+    output : what the model gives, one of :data:`OUTPUTS` (see the module docstring).
+    patch_size : a patch classifier's input size in pixels at ``mpp`` (``tile_size`` is a multiple of it).
+    background_class : a patch classifier's class for glass or empty patches (left out of the slide's
+        decision), or None.
+    alternatives : other outputs the same weights give, by output name (``dlcore models import --task``):
+        the fields that differ (e.g. HoVer-Net+'s ``semantic`` tissue layers: classes, tiling, runtime).
     """
 
     kind: str
@@ -74,6 +90,10 @@ class Inspected:
     description: str = ""
     default_name: str = ""
     scratch: Path | None = None
+    output: str = "instances"
+    patch_size: int | None = None
+    background_class: str | None = None
+    alternatives: dict = field(default_factory=dict)
 
 
 class FieldNetwork(Protocol):
@@ -83,7 +103,8 @@ class FieldNetwork(Protocol):
         """A copy whose normalisation uses statistics of these ``(Y, X, C)`` sample windows of one slide."""
 
     def predict(self, windows: list[np.ndarray]) -> list[np.ndarray | TypedLabels]:
-        """Instance labels for each ``(Y, X, C)`` window, each ``(Y, X)`` int32 (0 background)."""
+        """Instance labels (a ``semantic`` output: class maps) for each ``(Y, X, C)`` window, each ``(Y, X)``
+        int32 (0 background).  A ``patch_classification`` network has ``classify(patches) -> (N, K)`` instead."""
 
     def describe(self) -> dict:
         """What the run's provenance records: normalisation values, thresholds, device."""

@@ -21,19 +21,23 @@ versions; no pickle).  Requests and replies:
 - ``{"op": "parameters", "params"}`` -> ``{"ok": true}``
 - ``{"op": "predict"}`` + windows -> ``{"ok": true, "results": [{"classes": [names] | null}, ...]}`` + per
   window its labels, then (when classes are given) its class-of-label array
+- ``{"op": "classify"}`` + patches -> ``{"ok": true}`` + one ``(N, K)`` float32 array of class probabilities
+  (a patch classifier's network)
 - ``{"op": "describe"}`` -> ``{"ok": true, "describe": {...}}``
 - any failure -> ``{"ok": false, "error": message, "type": "ModelError" | "ParameterError" | ...}``
 
 A runtime module provides ``inspect(path) -> dict`` (the :class:`~dlcore.fieldmodels.base.Inspected`
 fields, paths as strings) and ``load(folder, cfg, device)`` returning an object with ``fit(samples)``,
 ``with_parameters(params)``, ``predict(windows) -> list[labels | (labels, class_of_label, class_names)]``
-and ``describe()``.
+(a patch classifier: ``classify(patches) -> (N, K)`` instead) and ``describe()``.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +48,15 @@ from dlcore.fieldmodels.base import Inspected, Publisher
 from dlcore.fieldmodels.wire import read_message, write_message
 
 ERRORS = {"ModelError": ModelError, "ParameterError": ParameterError, "ConfigError": ConfigError}
+_LIVE_WORKERS: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+
+
+@atexit.register
+def close_workers() -> None:
+    """Close every worker still running (a loaded model kept until the end): each is asked to stop and
+    waited for, so dlcore never exits leaving a worker process behind."""
+    for worker in list(_LIVE_WORKERS):
+        worker.close()
 
 
 # -- the main environment's side -----------------------------------------------------------------
@@ -78,6 +91,7 @@ class Worker:
         self._lock = threading.Lock()
         self._stderr: list[bytes] = []
         threading.Thread(target=self._drain, daemon=True).start()
+        _LIVE_WORKERS.add(self)
 
     def _drain(self) -> None:
         for line in self.process.stderr:
@@ -99,6 +113,8 @@ class Worker:
         return reply, out
 
     def close(self) -> None:
+        """Ask the worker to stop and wait for it (killed after 10 s); closing twice is harmless."""
+        _LIVE_WORKERS.discard(self)
         if self.process.poll() is None:
             try:
                 write_message(self.process.stdin, {"op": "close"})
@@ -144,8 +160,16 @@ class WorkerNetwork:
                 out.append(labels)
         return out
 
+    def classify(self, patches: list[np.ndarray]) -> np.ndarray:
+        """``(N, K)`` class probabilities of a patch classifier for ``(P, P, C)`` patches."""
+        return self.worker.request({"op": "classify"}, patches)[1][0]
+
     def describe(self) -> dict:
         return self.worker.request({"op": "describe"})[0].get("describe", {})
+
+    def close(self) -> None:
+        """Stop the worker process (its model is gone; the network cannot be used after this)."""
+        self.worker.close()
 
 
 class ExternalKind:

@@ -26,6 +26,7 @@ import numpy as np
 
 from dlcore.errors import ModelError
 from dlcore.fieldmodels.base import Inspected, Publisher
+from dlcore.models.registry import safe_extract
 
 NAME = "instanseg"
 TORCHSCRIPT = "instanseg.pt"
@@ -74,11 +75,14 @@ def _unpacked(path: Path) -> tuple[Path, dict]:
             if not any(n.endswith(TORCHSCRIPT) for n in names):
                 raise ModelError(f"{path} holds no {TORCHSCRIPT}; is it an InstanSeg model zip?")
             folder = Path(tempfile.mkdtemp(prefix="dlcore-instanseg-"))
-            for name in names:
-                target = (folder / name).resolve()
-                if not str(target).startswith(str(folder.resolve())):
-                    raise ModelError(f"{path}: refusing the entry {name!r} that points outside the archive")
-            archive.extractall(folder)
+            try:
+                safe_extract(archive, folder)
+            except zipfile.BadZipFile as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise ModelError(f"{path} is not a readable zip ({exc}); download it again") from None
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
         path = folder
     if path.is_dir():
         found = sorted(path.rglob(TORCHSCRIPT))
@@ -116,8 +120,6 @@ class InstanSegKind:
 
     def inspect(self, path: Path) -> Inspected:
         """Check ``path`` (``instanseg.pt``, the zoo zip, or its folder) and say what it is."""
-        from dlcore.models.package import sha256_file
-
         torchscript, rdf = _unpacked(Path(path))
         scratch = next((p for p in torchscript.parents if p.name.startswith("dlcore-instanseg-")), None)
         try:
@@ -133,7 +135,7 @@ class InstanSegKind:
         runtime = {"target": "nuclei", "cells_and_nuclei": cells, "channel_invariant": channels is None,
                    "batch_size": BATCH_SIZE,
                    "normalization": {"percentiles": list(PERCENTILES), "per_channel": True, "epsilon": EPSILON},
-                   "parameters": {}, "weights_sha256": sha256_file(torchscript)}
+                   "parameters": {}}
         name = str(rdf.get("name") or "instanseg").replace(" ", "-")
         return Inspected(kind=NAME, files={TORCHSCRIPT: torchscript}, weights_file=TORCHSCRIPT,
                          weights_format="torchscript", in_channels=channels or 3, mpp=mpp,

@@ -18,8 +18,8 @@ KINDS = {
 
 # kinds whose software runs in the field-models environment, through a worker (dlcore.fieldmodels.external)
 EXTERNAL = {
-    "tiatoolbox": "TIAToolbox pretrained weights (.pth state dict: HoVer-Net, HoVer-Net+, MicroNet), run with "
-                  "TIAToolbox's own architectures and post-processing",
+    "tiatoolbox": "TIAToolbox pretrained weights (.pth state dict: HoVer-Net, HoVer-Net+, MicroNet, and the "
+                  "Kather-100K and PCam patch classifiers), run with TIAToolbox's own architectures and processing",
     "cellpose": "Cellpose 3 model file (CPnet: cyto3, nuclei, or one trained by a user)",
 }
 
@@ -47,11 +47,21 @@ def get_kind(name: str):
 
 
 def check_runtime(cfg: dict, where: str) -> None:
-    """Raise ModelError unless ``cfg['runtime']`` names a known kind and a weights file of the package."""
+    """Raise ModelError unless ``cfg['runtime']`` names a known kind and a weights file of the package, and
+    ``cfg['output']`` (default ``instances``) is one the engine runs, with a patch classifier's settings."""
     runtime = cfg.get("runtime")
     if not isinstance(runtime, dict) or runtime.get("kind") not in kind_names():
         raise ModelError(f"{where}.runtime.kind must be one of {kind_names()} (got {runtime!r:.80})")
     if not isinstance(runtime.get("weights"), str) or not runtime["weights"]:
         raise ModelError(f"{where}.runtime.weights must name the package's weights file")
-    if cfg.get("output", "instances") != "instances":
-        raise ModelError(f"{where}.output={cfg.get('output')!r}: imported models give instances")
+    from dlcore.fieldmodels.base import OUTPUTS
+
+    output = cfg.setdefault("output", "instances")
+    if output not in OUTPUTS:
+        raise ModelError(f"{where}.output={output!r} must be one of {OUTPUTS}")
+    if output == "patch_classification":
+        from dlcore.models.spec import check_patch_settings
+
+        check_patch_settings(cfg, where)
+        if cfg["halo"]:
+            raise ModelError(f"{where}.halo={cfg['halo']}: a patch classifier's patches are classified alone (halo 0)")

@@ -32,6 +32,7 @@ import numpy as np
 
 from dlcore.errors import ModelError
 from dlcore.fieldmodels.base import Inspected, Publisher
+from dlcore.models.registry import safe_extract
 
 NAME = "stardist"
 PACKAGE_WEIGHTS = "weights_best.h5"
@@ -309,11 +310,13 @@ def _unzip(path: Path) -> Path:
     holding its ``config.json`` (the zip's root or its single subfolder)."""
     target = Path(tempfile.mkdtemp(prefix="dlcore-stardist-"))
     try:
-        with zipfile.ZipFile(path) as archive:
-            archive.extractall(target)
+        safe_extract(path, target)
     except (zipfile.BadZipFile, OSError) as exc:
         shutil.rmtree(target, ignore_errors=True)
         raise ModelError(f"{path} is not a readable zip ({exc}); download it again") from None
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     found = sorted(p.parent for p in target.rglob("config.json") if len(p.relative_to(target).parts) <= 2)
     if len(found) != 1:
         shutil.rmtree(target, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""TIAToolbox's pretrained nucleus instance-segmentation models, run with TIAToolbox's own code.
+"""TIAToolbox's pretrained nucleus instance-segmentation models, run with TIAToolbox's own code (its patch
+classifiers are identified here too and run by :mod:`dlcore.fieldmodels.tiatoolbox_classifier`).
 
 This module runs only inside the field-models environment (the worker imports it; see
 :mod:`dlcore.fieldmodels.external`): torch and tiatoolbox are imported inside the functions.
@@ -38,6 +39,9 @@ CLASSES = {"hovernet.HoVerNet": "HoVerNet", "hovernetplus.HoVerNetPlus": "HoVerN
 PAD_VALUE = 255            # TIAToolbox's WSIPatchDataset reads outside the image as white
 NUCLEUS_RADIUS_UM = 12.0   # the halo adds this radius to the model's context: room for a large nucleus or a clump
 BATCH = 4
+TILE = 512                 # dlcore's tile size for models whose patches overlap (MicroNet)
+WINDOW = 1024              # HoVer-Net: the smallest window (tile + 2 halos), then rounded up to whole output patches
+MIN_TILE = 256
 REPOSITORY = "https://github.com/TissueImageAnalytics/tiatoolbox"
 HF_REPO = "TIACentre/TIAToolbox_pretrained_weights"
 TRAINING_DATA = {"pannuke": "PanNuke", "monusac": "MoNuSAC", "consep": "CoNSeP", "kumar": "Kumar (MoNuSeg)",
@@ -97,7 +101,14 @@ def _kwargs(runtime_kwargs: dict) -> dict:
     return out
 
 
-def _build(entry: dict):
+def _build(entry: dict, *, shapes_only: bool = False):
+    """The entry's architecture with its own initial weights; ``shapes_only``: built on PyTorch's meta
+    device (parameters without storage, a fraction of the time), enough to compare keys and shapes."""
+    if shapes_only:
+        import torch
+
+        with torch.device("meta"):
+            return _model_class(entry)(**_kwargs(entry["architecture"].get("kwargs") or {}))
     return _model_class(entry)(**_kwargs(entry["architecture"].get("kwargs") or {}))
 
 
@@ -157,17 +168,30 @@ def _mismatch(model, weights: dict) -> str:
     return ", ".join(parts)
 
 
+def _candidates(weights: dict) -> dict[str, dict]:
+    """The entries a state dict may belong to: the patch classifiers with its number of classes when it has
+    ``CNNModel``'s layout, else the instance-segmentation entries."""
+    from dlcore.fieldmodels import tiatoolbox_classifier
+
+    if tiatoolbox_classifier.is_classifier_state(weights):
+        return tiatoolbox_classifier.candidates(weights)
+    return entries()
+
+
 def identify(path: str | Path) -> tuple[str, dict, object, dict, str]:
     """(entry name, entry, loaded model, state dict, how it was read) of a TIAToolbox weights file."""
     weights, how = state_dict(path)
-    known = entries()
+    try:
+        known = _candidates(weights)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
     stem = Path(path).stem
     order = ([stem] if stem in known else []) + [n for n in known if n != stem]
     fits, tried, built = [], [], {}
     for name in order:
         entry = known[name]
         signature = json.dumps(entry["architecture"], sort_keys=True, default=str)
-        model = built.get(signature) or _build(entry)
+        model = built.get(signature) or _build(entry, shapes_only=True)
         built[signature] = model
         problem = _mismatch(model, weights)
         if problem:
@@ -177,7 +201,7 @@ def identify(path: str | Path) -> tuple[str, dict, object, dict, str]:
         if name == stem:
             break
     if not fits:
-        raise ModelError(f"{path} is not the weights of any TIAToolbox instance-segmentation model it knows "
+        raise ModelError(f"{path} is not the weights of any TIAToolbox model dlcore runs "
                          f"({len(weights)} tensors, first keys {', '.join(map(str, list(weights)[:3]))}); tried "
                          + "; ".join(tried) + ". Give one of TIAToolbox's files (" + ", ".join(known)
                          + f") as published in {HF_REPO}")
@@ -190,7 +214,7 @@ def identify(path: str | Path) -> tuple[str, dict, object, dict, str]:
                              "it again")
     name = fits[0]
     entry = known[name]
-    model = built[json.dumps(entry["architecture"], sort_keys=True, default=str)]
+    model = _build(entry)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
@@ -218,6 +242,18 @@ def _halo(geometry: dict) -> int:
     return int(8 * math.ceil((context + radius) / 8))
 
 
+def _tile_size(geometry: dict, halo: int) -> int:
+    """The tile size for ``halo``: for HoVer-Net and HoVer-Net+ (stride = output patch) the window (tile plus
+    two halos) is the smallest whole number of output patches of at least WINDOW px, so that no patch runs
+    past the window (a 512 px tile with a 96 px halo, 704 px, took 25 patches of 164 px where about 16 hold
+    the tile); MicroNet's overlapping patches are averaged wherever they fall, so it keeps TILE."""
+    out, stride = geometry["patch_output"][0], geometry["stride"][0]
+    if stride != out or out <= 0:
+        return TILE
+    patches = max(math.ceil(WINDOW / out), math.ceil((2 * halo + MIN_TILE) / out))
+    return patches * out - 2 * halo
+
+
 def _versions() -> dict:
     import tiatoolbox
     import torch
@@ -234,6 +270,10 @@ def inspect(path: str) -> dict:
     and the loader undoes it again."""
     path = str(Path(path).resolve())
     name, entry, _, weights, how = identify(path)
+    if entry["architecture"]["class"] not in CLASSES:  # a patch classifier
+        from dlcore.fieldmodels import tiatoolbox_classifier
+
+        return tiatoolbox_classifier.inspected(name, entry, weights, how, path, _versions())
     class_name = CLASSES[entry["architecture"]["class"]]
     kwargs = _jsonable(entry["architecture"].get("kwargs") or {})
     geometry = _geometry(entry)
@@ -256,11 +296,32 @@ def inspect(path: str) -> dict:
                  "licence": LICENCE, "citation": f"{citation}; {TOOLBOX_CITATION}", "authors": list(authors)}
     what = "nuclei with types " + ", ".join(classes) if types else "nuclei"
     mpp = geometry["mpp"]
+    halo = _halo(geometry)
     return {"kind": KIND, "files": {WEIGHTS: path}, "weights_file": WEIGHTS, "weights_format": "pytorch_state_dict",
-            "in_channels": 3, "mpp": mpp, "classes": list(classes), "tile_size": 512, "halo": _halo(geometry),
+            "in_channels": 3, "mpp": mpp, "classes": list(classes), "tile_size": _tile_size(geometry, halo),
+            "halo": halo,
             "runtime": runtime, "publisher": publisher,
             "description": f"TIAToolbox {name} ({class_name}): {what}" + (f" at {mpp} µm/px" if mpp else ""),
-            "default_name": name, "scratch": None}
+            "default_name": name, "scratch": None, "alternatives": _alternatives(name, kwargs, geometry, runtime)}
+
+
+def _alternatives(name: str, kwargs: dict, geometry: dict, runtime: dict) -> dict:
+    """What else the model gives, for ``dlcore models import --task``: HoVer-Net+'s tissue layers (a class
+    map of ``layer_type_dict`` without its Background), tiled as TIAToolbox's engine tiles it (2048 px tiles
+    with a 128 px margin, the entry's ``tile_shape`` and ``margin``): its layer post-processing (``_proc_ls``:
+    epithelium smaller than 20000 px removed, 20 px closing and opening) works on whole tiles."""
+    layers = kwargs.get("layer_type_dict")
+    if not layers:
+        return {}
+    names = [v for k, v in sorted(layers.items(), key=lambda kv: int(kv[0])) if int(k) != 0]
+    window = int((geometry.get("tile_shape") or [2048])[0])
+    margin = int(geometry.get("margin") or 128)
+    mpp = geometry["mpp"]
+    return {"semantic": {
+        "output": "semantic", "classes": names, "tile_size": window - 2 * margin, "halo": margin,
+        "runtime": {**runtime, "returns": "layers"}, "default_name": f"{name}-layers",
+        "description": f"TIAToolbox {name} (HoVerNetPlus): tissue layers " + ", ".join(names)
+                       + (f" at {mpp} µm/px" if mpp else "")}}
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -270,12 +331,13 @@ def load(folder: str, cfg: dict, device: str) -> "TiaNetwork":
     path = Path(folder) / (runtime.get("weights") or WEIGHTS)
     weights, _ = state_dict(path)
     name = runtime.get("pretrained")
-    known = entries()
+    known = _candidates(weights)
     entry = known.get(name)
+    architectures = {**CLASSES, "vanilla.CNNModel": "CNNModel"}
     if entry is None:  # an entry of another TIAToolbox version: build it from the stored settings
-        if runtime.get("class") not in CLASSES.values():
+        if runtime.get("class") not in architectures.values():
             raise ModelError(f"{folder}: runtime names no TIAToolbox architecture ({runtime.get('class')!r})")
-        module = [k for k, v in CLASSES.items() if v == runtime["class"]][0]
+        module = [k for k, v in architectures.items() if v == runtime["class"]][0]
         entry = {"architecture": {"class": module, "kwargs": runtime.get("kwargs") or {}}}
     model = _model_class(entry)(**_kwargs(runtime.get("kwargs") or entry["architecture"].get("kwargs") or {}))
     problem = _mismatch(model, weights)
@@ -283,6 +345,11 @@ def load(folder: str, cfg: dict, device: str) -> "TiaNetwork":
         raise ModelError(f"{path} does not fit TIAToolbox's {name} ({problem}); install the model again")
     model.load_state_dict(weights, strict=True)
     model.eval()
+    if runtime.get("class") == "CNNModel":
+        from dlcore.fieldmodels import tiatoolbox_classifier
+
+        return tiatoolbox_classifier.load(model, runtime, str(device or "cpu"),
+                                          int(cfg.get("batch_size") or tiatoolbox_classifier.BATCH))
     return TiaNetwork(model=model, runtime=runtime, device=str(device or "cpu"),
                       batch=int(cfg.get("batch_size") or runtime.get("batch_size") or BATCH))
 
@@ -305,6 +372,9 @@ class TiaNetwork:
             # HoVer-Net's type and layer maps are argmax ids: averaging overlapping patches would invent types
             raise ModelError(f"TIAToolbox's {self.class_name} runs with stride = patch output; this package has "
                              f"stride {self.stride} for output {self.patch_out}")
+        self.returns = runtime.get("returns", "nuclei")
+        if self.returns == "layers" and self.class_name != "HoVerNetPlus":
+            raise ModelError(f"only HoVer-Net+ gives tissue layers, not {self.class_name}")
         types = runtime.get("types") or {"0": "Background", "1": "nucleus"}
         self.class_names = tuple(v for _, v in sorted(types.items(), key=lambda kv: int(kv[0])))
         if device.startswith("cuda"):
@@ -362,7 +432,8 @@ class TiaNetwork:
         """Per window ``(labels int32, class_of_label, class_names)``: TIAToolbox's instances, labelled
         1..n in the order of TIAToolbox's ids, and each one's TIAToolbox type id (an index into
         ``class_names``, which starts with "Background"; MicroNet's and type-less HoVer-Net's objects are
-        all "nucleus").  HoVer-Net+'s layer map is not returned."""
+        all "nucleus").  A HoVer-Net+ package imported for its layers (runtime ``returns: layers``) gives
+        each window's layer map instead (int32, TIAToolbox's layer ids, 0 background)."""
         results = []
         for window in windows:
             window = np.asarray(window)
@@ -373,6 +444,9 @@ class TiaNetwork:
             maps = self._maps(window)
             # the model's own post-processing (HoVer-Net+: all four maps; it returns (nuclei, layers))
             seg = self.model.postproc(maps)
+            if self.returns == "layers":  # HoVer-Net+'s layer map: 0 background, ids of layer_type_dict
+                results.append(np.asarray(seg[1]["predictions"], np.int32))
+                continue
             nuclei = seg[0] if isinstance(seg, (tuple, list)) else seg
             instances = np.asarray(nuclei["predictions"])
             info = nuclei.get("info_dict") or {}
@@ -415,5 +489,7 @@ class TiaNetwork:
                 "normalization": {"type": "tiatoolbox", "scope": "patch" if self.class_name == "MicroNet" else "none",
                                   "how": "MicroNet.preproc per patch" if self.class_name == "MicroNet"
                                   else "/255 in forward"},
-                "postproc": f"{self.class_name}.postproc (TIAToolbox)", "classes": list(self.class_names),
+                "postproc": f"{self.class_name}.postproc (TIAToolbox)" + (", its layer map" if self.returns == "layers"
+                                                                         else ""),
+                "returns": self.returns, "classes": list(self.class_names),
                 "tiatoolbox_version": versions["tiatoolbox"], "torch_version": versions["torch"]}

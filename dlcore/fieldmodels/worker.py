@@ -43,6 +43,8 @@ def handle(state: dict, header: dict, arrays: list[np.ndarray]) -> tuple[dict, l
         return {"ok": True}, []
     if op == "describe":
         return {"ok": True, "describe": network.describe()}, []
+    if op == "classify":
+        return {"ok": True}, [np.asarray(network.classify(arrays), np.float32)]
     if op == "predict":
         results, out = [], []
         for result in network.predict(arrays):

@@ -43,8 +43,10 @@ def register_cli(subparsers) -> None:
                                    "(complete, intact, of that kind), packaged with a card naming its source, "
                                    "training data, licence and sha256, run once on a test image, and installed. "
                                    "Nothing is downloaded.")
-    q.add_argument("kind", help="instanseg (instanseg.pt or the model zoo's zip) or stardist (the model folder "
-                                "with config.json, thresholds.json, weights_best.h5, or its zip)")
+    q.add_argument("kind", help="instanseg (instanseg.pt or the model zoo's zip), stardist (the model folder "
+                                "with config.json, thresholds.json, weights_best.h5, or its zip), tiatoolbox (a "
+                                "TIAToolbox .pth: HoVer-Net, HoVer-Net+, MicroNet, its patch classifiers) or "
+                                "cellpose (a Cellpose 3 model file); the last two need field_python")
     q.add_argument("weights", type=Path, help="the weights file or folder")
     q.add_argument("--name", help="registry name (default: from the file)")
     q.add_argument("--mpp", type=float, help="pixel size in µm the model was trained at, when the file does not say")
@@ -52,6 +54,9 @@ def register_cli(subparsers) -> None:
                    help="the licence as the publisher states it (SPDX id), when the file does not say")
     q.add_argument("--source", default="", help="where the weights come from (publication, URL), for the card")
     q.add_argument("--training-data", default="", help="what the publisher says it was trained on, for the card")
+    q.add_argument("--task", choices=("instances", "semantic"),
+                   help="what to import the model for, when its weights give more than one thing: HoVer-Net+ "
+                        "gives nuclei (instances, the default) and tissue layers (semantic)")
     q.add_argument("--force", action="store_true", help="replace an installed model of the same name")
     q.set_defaults(func=cmd_import)
     q = sub.add_parser("remove", help="remove an installed model")
@@ -162,7 +167,8 @@ def cmd_import(args) -> int:
     if args.licence or args.source or args.training_data:
         given = Publisher(source=args.source, training_data=args.training_data, licence=args.licence)
     print(f"checking {args.weights} as a {args.kind} model ...")
-    record = import_model(args.kind, args.weights, name=args.name, mpp=args.mpp, publisher=given, force=args.force)
+    record = import_model(args.kind, args.weights, name=args.name, mpp=args.mpp, publisher=given, force=args.force,
+                          task=args.task)
     checks = record.install.get("validation") or []
     print(f"✓ imported {record.name} {record.version} into {record.path}\n  "
           + "\n  ".join(checks) + f"\n  run it with: dlcore run {record.name} SLIDE -o OUT")

@@ -9,7 +9,10 @@ patches (background class left out), renormalised, and the top class.
 """
 from __future__ import annotations
 
+import collections
 import math
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,8 @@ def tissue_fraction(patch: np.ndarray) -> float:
 
 
 def classify_windows(task, windows: list[np.ndarray]) -> tuple[list[np.ndarray], list[dict]]:
-    """Class maps and patch grids (``{"probs": (rows, cols, K), "tissue": (rows, cols)}``) for windows."""
+    """Class maps and patch grids (``{"probs": (rows, cols, K), "tissue": (rows, cols)}``) for windows;
+    the tissue patches' probabilities come from ``task.patch_probabilities(patches) -> (N, K)``."""
     p, h = task.patch_size, task.halo
     patches, where, grids = [], [], []
     for index, window in enumerate(windows):
@@ -48,7 +52,7 @@ def classify_windows(task, windows: list[np.ndarray]) -> tuple[list[np.ndarray],
                 where.append((index, r, c))
     labels = [np.zeros(w.shape[:2], np.int32) for w in windows]
     if patches:
-        probs = np.concatenate([task.network(np.stack([task.network_input(q) for q in patches[i:i + 256]]))
+        probs = np.concatenate([np.asarray(task.patch_probabilities(patches[i:i + 256]), np.float32)
                                 for i in range(0, len(patches), 256)])
         for (index, r, c), prob in zip(where, probs):
             grids[index]["probs"][r, c] = prob
@@ -68,6 +72,47 @@ def labelled_patches(tile, labels: np.ndarray, p: int, rows: int, cols: int) -> 
             block = core[r * p:(r + 1) * p, c * p:(c + 1) * p]
             kept[r, c] = block.size > 0 and block.mean() >= 0.5
     return kept
+
+
+@dataclass(frozen=True)
+class PatchGridOutputs:
+    """The settings and tile-engine hooks every patch-classifier task shares (its own model aside).
+
+    A task using it is a frozen dataclass that also has ``halo``, ``class_names`` and ``class_colors``, and
+    a ``patch_probabilities(patches) -> (N, K)`` method; its ``prepare`` returns a copy with a fresh
+    ``_pending``.  A patch is classified when at least ``min_tissue`` of its pixels look like tissue.
+    ``predict`` gives the engine class maps (class index + 1, 0 where no patch was classified) and keeps
+    each window's patch grid, in engine order, for the :class:`PatchStitcher`, which writes the heatmap
+    and the slide's decision (``background_class`` left out of it).
+    """
+
+    patch_size: int = 64
+    min_tissue: float = 0.5
+    background_class: str | None = None
+    # per-window patch probabilities, in engine order, from predict() to the stitcher
+    _pending: collections.deque = field(default_factory=collections.deque, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    kind = "semantic"
+
+    def predict(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        labels, grids = classify_windows(self, windows)
+        with self._lock:
+            self._pending.extend(grids)
+        return labels
+
+    def make_stitcher(self, canvas, plan):
+        return PatchStitcher(canvas, self)
+
+    def pop_grid(self):
+        """The next window's patch grid (called by the stitcher, in engine order)."""
+        with self._lock:
+            return self._pending.popleft()
+
+    def summarize(self, stitcher) -> dict:
+        return stitcher.slide_decision()
+
+    def extra_outputs(self, stitcher, folder: Path) -> dict[str, Path]:
+        return stitcher.write_heatmap(folder)
 
 
 class PatchStitcher(SemanticStitcher):

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -343,22 +344,39 @@ def _find_package(root: Path, subdir: str | None) -> Path:
                      + ", ".join(str(p.relative_to(root)) for p in found))
 
 
-def _safe_extract(archive: Path, dest: Path) -> None:
+def safe_extract(archive: str | Path | zipfile.ZipFile, dest: str | Path) -> None:
+    """Extract every member of the zip ``archive`` (a path or an open :class:`zipfile.ZipFile`) into ``dest``.
+
+    Every member name is checked before anything is written: one whose path would land outside ``dest``
+    (``../evil``, an absolute path such as ``/etc/x``, or a path through a symbolic link already in ``dest``)
+    raises :class:`~dlcore.errors.ModelError` ``"<archive> holds a file outside its folder (<member>);
+    refused"`` and nothing is extracted (zipfile would silently rewrite such names instead).
+
+    An archive that cannot be read (not a zip, truncated, damaged compressed data) raises
+    :class:`zipfile.BadZipFile`, and a file that cannot be opened :class:`OSError`: the caller words that for
+    its users (what to download again), and removes ``dest`` if extraction stopped half-way."""
+    if not isinstance(archive, zipfile.ZipFile):
+        with zipfile.ZipFile(archive) as opened:
+            safe_extract(opened, dest)
+        return
+    dest = Path(dest)
+    for member in archive.namelist():
+        if not inside(dest / member, dest):
+            raise ModelError(f"{archive.filename} holds a file outside its folder ({member}); refused")
     try:
-        with zipfile.ZipFile(archive) as zf:
-            for member in zf.namelist():
-                if not inside(dest / member, dest):
-                    raise ModelError(f"{archive} holds a file outside its folder ({member}); refused")
-            zf.extractall(dest)
-    except zipfile.BadZipFile as exc:
-        raise ModelError(f"{archive} is not a readable zip file: {exc}") from exc
+        archive.extractall(dest)
+    except (zlib.error, EOFError) as exc:  # damaged deflate data: the same problem as a bad CRC
+        raise zipfile.BadZipFile(f"damaged compressed data ({exc})") from exc
 
 
 def _fetch(source: str, work: Path, subdir: str | None) -> tuple[Path, dict]:
     """Unpack ``source`` under ``work``; returns the package folder and what to record about it."""
     path = Path(source).expanduser()
     if path.is_file() and zipfile.is_zipfile(path):
-        _safe_extract(path, work / "unpacked")
+        try:
+            safe_extract(path, work / "unpacked")
+        except zipfile.BadZipFile as exc:
+            raise ModelError(f"{path} is not a readable zip file: {exc}") from exc
         return _find_package(work / "unpacked", subdir), {"type": "zip", "source": str(path.resolve())}
     git = _split_git(source)
     if git is not None:

@@ -142,17 +142,23 @@ def check_dlcore_config(config: dict, *, where: str = "config.dlcore") -> dict:
 
         check_runtime(cfg, where)
     if kind == "patch_classification":
-        patch = cfg.get("patch_size")
-        if not isinstance(patch, int) or patch < 8:
-            raise ModelError(f"{where}.patch_size={patch!r} must be an integer >= 8 (pixels)")
-        if cfg["tile_size"] % patch:
-            raise ModelError(f"{where}.tile_size={cfg['tile_size']} must be a multiple of patch_size={patch}")
-        if len(cfg["classes"]) < 2:
-            raise ModelError(f"{where}.classes must name the classifier's outputs (at least 2)")
-        background = cfg.get("background_class")
-        if background is not None and background not in cfg["classes"]:
-            raise ModelError(f"{where}.background_class={background!r} is not one of the classes {cfg['classes']}")
+        check_patch_settings(cfg, where)
     return cfg
+
+
+def check_patch_settings(cfg: dict, where: str) -> None:
+    """Raise ModelError unless a patch classifier's ``patch_size`` (>= 8 px) divides ``tile_size``, it names
+    at least two classes, and its ``background_class`` (if any) is one of them."""
+    patch = cfg.get("patch_size")
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 8:
+        raise ModelError(f"{where}.patch_size={patch!r} must be an integer >= 8 (pixels)")
+    if cfg["tile_size"] % patch:
+        raise ModelError(f"{where}.tile_size={cfg['tile_size']} must be a multiple of patch_size={patch}")
+    if len(cfg["classes"]) < 2:
+        raise ModelError(f"{where}.classes must name the classifier's outputs (at least 2)")
+    background = cfg.get("background_class")
+    if background is not None and background not in cfg["classes"]:
+        raise ModelError(f"{where}.background_class={background!r} is not one of the classes {cfg['classes']}")
 
 
 def resolve_activation(cfg: dict, n_out: int, network_activation: str = "none") -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from dlcore.errors import ModelError, ParameterError, SlideError
 from dlcore.io.slide import SlideInfo
 from dlcore.models.loader import Network
 from dlcore.models.package import weights_digest
+from dlcore.models.patches import PatchGridOutputs
 
 COMMON_PARAMETERS = ("mpp", "tile_size", "halo", "batch_size", "channel", "device", "weights_format")
 
@@ -206,48 +206,22 @@ class InstanceModelTask(_ModelTask):
 
 
 @dataclass(frozen=True)
-class PatchClassifierTask(_ModelTask):
+class PatchClassifierTask(PatchGridOutputs, _ModelTask):
     """A patch classifier mapped over the slide; see the module docstring for its outputs.
 
     A patch is classified when at least ``min_tissue`` of its pixels look like tissue (neither glass
     nor black margin); other patches stay 0.  The class map holds class index + 1.
     """
 
-    patch_size: int = 64
-    min_tissue: float = 0.5
-    background_class: str | None = None
-    # per-window patch probabilities, in engine order, from predict() to the stitcher
-    _pending: collections.deque = field(default_factory=collections.deque, repr=False, compare=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     kind = "semantic"
 
     def prepare(self, samples: list[np.ndarray]) -> "PatchClassifierTask":
         return dataclasses.replace(self, network=self.network.fit([self.network_input(s) for s in samples]),
                                    _pending=collections.deque())
 
-    def predict(self, windows: list[np.ndarray]) -> list[np.ndarray]:
-        from dlcore.models.patches import classify_windows
-
-        labels, grids = classify_windows(self, windows)
-        with self._lock:
-            self._pending.extend(grids)
-        return labels
-
-    def make_stitcher(self, canvas, plan):
-        from dlcore.models.patches import PatchStitcher
-
-        return PatchStitcher(canvas, self)
-
-    def pop_grid(self):
-        """The next window's patch grid (called by the stitcher, in engine order)."""
-        with self._lock:
-            return self._pending.popleft()
-
-    def summarize(self, stitcher) -> dict:
-        return stitcher.slide_decision()
-
-    def extra_outputs(self, stitcher, folder: Path) -> dict[str, Path]:
-        return stitcher.write_heatmap(folder)
+    def patch_probabilities(self, patches: list[np.ndarray]) -> np.ndarray:
+        """``(N, K)`` class probabilities of ``(P, P, C)`` patches."""
+        return self.network(np.stack([self.network_input(q) for q in patches]))
 
     def _extra_parameters(self) -> dict:
         return {"patch_size": self.patch_size, "min_tissue": self.min_tissue, "background_class": self.background_class}

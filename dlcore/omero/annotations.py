@@ -154,9 +154,11 @@ def key_values(provenance: dict, summary: dict, extra: dict[str, str]) -> list[t
                 "object_area_fraction_of_tissue"):
         if summary.get(key) is not None:
             pairs.append((key.replace("_", " "), str(summary[key])))
-    for key in ("class_area_mm2", "class_pixels"):
+    for key in ("objects_by_class", "class_area_mm2", "class_pixels", "slide_classification"):
         if summary.get(key):
             pairs.append((key.replace("_", " "), json.dumps(summary[key])))
+    if summary.get("slide_class"):
+        pairs.append(("slide class", str(summary["slide_class"])))
     if summary.get("qc"):
         pairs.extend(qc_key_values(summary["qc"], prefix="QC "))
     pairs.extend(extra.items())

@@ -61,6 +61,7 @@ class InstanceStitcher:
         self.truncated = 0
         self.duplicates = 0
         self.total_area_px = 0
+        self.class_counts: dict[str, int] = {}  # objects per class, for those that have one
 
     def add(self, tile: Tile, window: np.ndarray, labels: np.ndarray) -> list[ObjectRecord]:
         """Stitch one tile from its label map: :func:`find_tile_objects`, then :meth:`add_objects`."""
@@ -122,6 +123,9 @@ class InstanceStitcher:
             records.append(record)
         self.next_id += written.size
         self.total_area_px += sum(record.area_px for record in records)
+        for record in records:
+            if record.class_name:
+                self.class_counts[record.class_name] = self.class_counts.get(record.class_name, 0) + 1
         self.truncated += int(found.touches_edge[written].sum())
         on_canvas = ids[found.owned]
         self.canvas.write(wx, wy, np.where(occupied | (on_canvas == 0), current, on_canvas).astype(current.dtype))
@@ -130,7 +134,7 @@ class InstanceStitcher:
     def checkpoint_state(self) -> dict:
         """What :meth:`restore_state` needs to continue after the tiles stitched so far."""
         return {"next_id": self.next_id, "truncated": self.truncated, "duplicates": self.duplicates,
-                "total_area_px": self.total_area_px}
+                "total_area_px": self.total_area_px, "class_counts": dict(self.class_counts)}
 
     def restore_state(self, state: dict, *, redo_windows=()) -> None:
         """Continue from :meth:`checkpoint_state`'s ``state``; labels at or above its next id in the
@@ -139,6 +143,7 @@ class InstanceStitcher:
         self.next_id = int(state["next_id"])
         self.truncated, self.duplicates = int(state["truncated"]), int(state["duplicates"])
         self.total_area_px = int(state["total_area_px"])
+        self.class_counts = {str(k): int(v) for k, v in (state.get("class_counts") or {}).items()}
         self.canvas.clear_ids_from(self.next_id, redo_windows)
 
     def _check_inside(self, first_id: int, boxes: np.ndarray, wx: int, wy: int) -> None:
