@@ -518,7 +518,17 @@ def _summary(info, task, plan, tissue, tiles, stitcher, n_objects) -> dict:
     summarize = getattr(task, "summarize", None)  # optional: e.g. a slide-level classification and tags
     if summarize is not None:
         summary.update(summarize(stitcher))
+    if "tags" not in summary:  # a task's own tags (a slide's class) say more than the classes it found
+        summary["tags"] = classes_found(summary)
     return summary
+
+
+def classes_found(summary: dict) -> list[str]:
+    """The output classes a run found on the slide: object classes (by name) with at least one
+    object, and semantic classes (not background) with at least one pixel; the image's tags in OMERO."""
+    found = [name for name, count in (summary.get("objects_by_class") or {}).items() if count]
+    return found + [name for name, count in (summary.get("class_pixels") or {}).items()
+                    if count and name != "background"]
 
 
 def _image_summary(canvas) -> dict:

@@ -291,6 +291,7 @@ def test_a_model_that_classifies_its_objects_gives_them_its_classes_across_tiles
     assert classes == {"dim", "bright"}
     counts = result.summary["objects_by_class"]  # the summary's (and OMERO key-values') per-class counts
     assert counts == {c: sum(row["class"] == c for row in rows) for c in ("bright", "dim")}
+    assert result.summary["tags"] == ["bright", "dim"]  # the classes found become the image's tags in OMERO
     for row in rows:  # every object is classed by the model's own verdict, wherever its tile cut it
         x = float(row["centroid_x"])
         assert row["class"] == ("bright" if x < 128 else "dim"), row

@@ -54,6 +54,7 @@ def test_semantic_model_on_slide(slide_path, tmp_path, config):
     outlines = json.loads(Path(result.outputs["class outlines"]).read_text())
     names = {f["properties"]["name"] for f in outlines["features"]}
     assert names == {n for n, c in s["class_pixels"].items() if n != "background" and c > 0}
+    assert set(s["tags"]) == names and len(s["tags"]) == len(names)  # the classes found: the image's tags
     assert result.provenance["task"]["weights_format"] == "torchscript"
 
 
