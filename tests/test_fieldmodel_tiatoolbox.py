@@ -110,7 +110,7 @@ def test_bad_weights_are_refused_and_nothing_is_registered(problem, consep, conf
         expected = "cannot be read as PyTorch weights"
     elif problem == "foreign state dict":
         torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(8, 2, 1)).state_dict(), source)
-        expected = "is not the weights of any TIAToolbox instance-segmentation model"
+        expected = "is not the weights of any TIAToolbox model dlcore runs"
     before = _registry_entries(config)
     with pytest.raises(ModelError, match=re.escape(expected)) as caught:
         import_model("tiatoolbox", source, name="broken", publisher=publisher, config=config)
